@@ -1,0 +1,3 @@
+from sisdropd.cli import main
+
+raise SystemExit(main())
