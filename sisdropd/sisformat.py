@@ -7,6 +7,7 @@ Source: ../shared/reference/canvas-sis-api.md section 10 (canvas-lms ``lib/sis/c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -250,12 +251,23 @@ def recognise(header: Iterable[str]) -> CsvType | None:
     return None
 
 
+_IGNORED_ZIP = re.compile(r"__macosx|desktop d[bf]", re.IGNORECASE)
+
+
 def zip_entry_ignored(name: str) -> bool:
-    """True for zip entries Canvas skips silently (``__MACOSX/``, ``desktop.db``, folders)."""
-    parts = name.replace("\\", "/").split("/")
-    if name.endswith("/") or "__MACOSX" in parts:
+    """True for zip entries Canvas never sees or skips silently.
+
+    Canvas lists extracted files with ``Dir["**/**"]`` (hidden files and folders are not
+    listed) and drops paths matching ``/__macosx|desktop d[bf]/i`` anywhere; folders
+    themselves are not files.
+    """
+    norm = name.replace("\\", "/")
+    parts = [p for p in norm.split("/") if p]
+    if norm.endswith("/") or not parts:
         return True
-    return parts[-1].lower() in IGNORED_ZIP_NAMES
+    if any(p.startswith(".") for p in parts):
+        return True
+    return bool(_IGNORED_ZIP.search(norm)) or parts[-1].lower() in IGNORED_ZIP_NAMES
 
 
 def row_problems(t: CsvType, header: list[str], row: list[str]) -> list[str]:
