@@ -1,0 +1,305 @@
+"""The configuration: one TOML file loaded into frozen dataclasses, with every error named.
+
+``load(path)`` is the only way in. It refuses unknown keys and wrong types and names the
+key path of each problem (``watch.settle_seconds: expected a number, got "ten"``). All
+defaults live in the dataclass fields below. The token is not part of the config object's
+repr, and is read by ``read_token`` in the contract's order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_PATH = "/etc/sisdropd/sisdropd.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``problems`` lists each one, key path first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class CanvasConfig:
+    base_url: str = ""
+    account_id: str = "self"
+    token_file: str | None = None
+    timeout: float = 60.0
+    ca_bundle: str | None = None
+    # Backoff for retried requests (network errors, 5xx, rate limits, a rejected token).
+    retry_initial: float = 5.0
+    retry_max: float = 300.0
+
+
+@dataclass(frozen=True)
+class FoldersConfig:
+    root: str = ""
+    inbox: str | None = None
+    processing: str | None = None
+    done: str | None = None
+    failed: str | None = None
+    held: str | None = None
+    state_dir: str | None = None
+
+    def path(self, name: str) -> Path:
+        """The folder ``name`` (inbox, processing, done, failed, held, state_dir)."""
+        given = getattr(self, name)
+        if given:
+            return Path(given)
+        return Path(self.root) / (".sisdropd" if name == "state_dir" else name)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    settle_seconds: float = 10.0
+    poll_interval: float = 10.0
+    max_wait: float = 21600.0
+    abort_on_timeout: bool = False
+    extensions: tuple[str, ...] = ("csv", "xml", "zip")
+    polling: bool = False  # watchdog's PollingObserver, for NFS/SMB inboxes inotify cannot see
+    rescan_interval: float = 60.0  # a full listing of inbox/ backs up the events
+    validate: bool = True  # the pre-flight content check; off for import types it cannot read
+    max_bytes: int = 20 * 1024**3
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+    format: str = "text"
+    file: str | None = None
+    rotation: str = "50 MB"
+    retention: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    folders: FoldersConfig = field(default_factory=FoldersConfig)
+    import_params: Mapping[str, Any] = field(
+        default_factory=lambda: {"import_type": "instructure_csv"}
+    )
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "<defaults>"
+
+    @property
+    def import_type(self) -> str:
+        return str(self.import_params.get("import_type", "instructure_csv"))
+
+    @property
+    def api_base(self) -> str:
+        return self.canvas.base_url.rstrip("/") + "/api/v1"
+
+
+_SECTIONS: dict[str, type] = {
+    "canvas": CanvasConfig,
+    "folders": FoldersConfig,
+    "watch": WatchConfig,
+    "log": LogConfig,
+}
+_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+def resolve_path(given: str | None) -> Path:
+    """The config file to use: ``-c``, else ``$SISDROPD_CONFIG``, else the system default."""
+    return Path(given or os.environ.get("SISDROPD_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and check the TOML file at ``path``.
+
+    Returns a frozen ``Config``. Raises ``ConfigError`` with every problem found (file
+    missing or unreadable, TOML syntax, unknown keys, wrong types, bad values).
+    """
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: no such config file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{p}: permission denied reading the config file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{p}: is a directory, not a config file"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{p}: TOML syntax error: {e}"]) from None
+    return from_dict(raw, source=str(p))
+
+
+def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
+    """Build a ``Config`` from parsed TOML. Raises ``ConfigError`` naming each bad key."""
+    problems: list[str] = []
+    built: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "import":
+            if not isinstance(value, dict):
+                problems.append("import: expected a table")
+                continue
+            built["import_params"] = _import_params(value, problems)
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                problems.append(f"{key}: expected a table")
+                continue
+            built[key] = _section(key, _SECTIONS[key], value, problems)
+        else:
+            known = ", ".join(sorted([*_SECTIONS, "import"]))
+            problems.append(f"{key}: unknown section (known: {known})")
+    for required in ("canvas", "folders"):
+        if required not in raw:
+            problems.append(f"{required}: missing section [{required}]")
+    cfg = Config(**built, source=source) if not problems else None
+    if cfg is not None:
+        problems.extend(_check_values(cfg))
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None
+    return cfg
+
+
+def _import_params(value: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    from sisdropd import preflight  # the rules for Canvas's create parameters live there
+
+    params = {"import_type": "instructure_csv", **value}
+    problems.extend(preflight.check_import_params(params))
+    return params
+
+
+def _section(name: str, cls: type, value: dict[str, Any], problems: list[str]) -> Any:
+    kinds = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, v in value.items():
+        f = kinds.get(key)
+        where = f"{name}.{key}"
+        if f is None:
+            problems.append(f"{where}: unknown key (known: {', '.join(kinds)})")
+            continue
+        typ = str(f.type)
+        if typ == "bool":
+            ok = isinstance(v, bool)
+        elif typ == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif typ == "float":
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            v = float(v) if ok else v
+        elif typ.startswith("tuple"):
+            ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
+            v = tuple(v) if ok else v
+        else:  # str or str | None
+            ok = isinstance(v, str)
+        if not ok:
+            expected = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
+                typ, "a list of strings" if typ.startswith("tuple") else "a string"
+            )
+            problems.append(f"{where}: expected {expected}, got {v!r}")
+            continue
+        kwargs[key] = v
+    return cls(**kwargs)
+
+
+def _check_values(cfg: Config) -> list[str]:
+    out: list[str] = []
+    url = cfg.canvas.base_url
+    if not url:
+        out.append("canvas.base_url: missing (e.g. \"https://school.instructure.com\")")
+    else:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            out.append(f"canvas.base_url: not an http(s) URL: {url!r}")
+        elif parts.scheme == "http" and not is_loopback(parts.hostname):
+            out.append(
+                f"canvas.base_url: http is accepted for loopback hosts only; use https://{parts.netloc}"
+            )
+        if parts.path.rstrip("/").endswith("/api/v1"):
+            out.append("canvas.base_url: give the site's address without /api/v1")
+    if not cfg.canvas.account_id:
+        out.append("canvas.account_id: must not be empty")
+    if cfg.canvas.timeout <= 0:
+        out.append("canvas.timeout: must be greater than 0")
+    if cfg.canvas.retry_initial <= 0 or cfg.canvas.retry_max < cfg.canvas.retry_initial:
+        out.append("canvas.retry_initial/retry_max: need 0 < retry_initial <= retry_max")
+    if not cfg.folders.root and not all(
+        getattr(cfg.folders, n) for n in ("inbox", "processing", "done", "failed", "state_dir")
+    ):
+        out.append("folders.root: missing (or give inbox, processing, done, failed, state_dir)")
+    w = cfg.watch
+    for key in ("settle_seconds", "rescan_interval"):
+        if getattr(w, key) < 0:
+            out.append(f"watch.{key}: must not be negative")
+    for key in ("poll_interval", "max_wait"):
+        if getattr(w, key) <= 0:
+            out.append(f"watch.{key}: must be greater than 0")
+    bad_ext = [e for e in w.extensions if not e or "." in e or "/" in e]
+    if bad_ext or not w.extensions:
+        out.append(f"watch.extensions: give bare extensions like [\"csv\", \"zip\"], got {list(w.extensions)}")
+    if cfg.log.level.upper() not in _LEVELS:
+        out.append(f"log.level: one of {', '.join(_LEVELS)}, got {cfg.log.level!r}")
+    if cfg.log.format not in ("text", "json"):
+        out.append(f"log.format: \"text\" or \"json\", got {cfg.log.format!r}")
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class TokenError(Exception):
+    """No usable token was found; the message says where we looked and why each failed."""
+
+
+def read_token(cfg: Config, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """Return ``(token, where_it_came_from)``; first found wins.
+
+    Order: ``$SISDROPD_TOKEN``; ``$CREDENTIALS_DIRECTORY/canvas-token`` (systemd
+    ``LoadCredential=``); ``canvas.token_file``. A token file readable by all users is
+    refused. Raises ``TokenError`` (never with the token in its text).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("SISDROPD_TOKEN", "").strip():
+        return env["SISDROPD_TOKEN"].strip(), "$SISDROPD_TOKEN"
+    candidates: list[Path] = []
+    if env.get("CREDENTIALS_DIRECTORY"):
+        candidates.append(Path(env["CREDENTIALS_DIRECTORY"]) / "canvas-token")
+    if cfg.canvas.token_file:
+        candidates.append(Path(cfg.canvas.token_file))
+    tried: list[str] = []
+    for path in candidates:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            tried.append(f"{path}: no such file")
+            continue
+        except OSError as e:
+            tried.append(f"{path}: {e.strerror}")
+            continue
+        if st.st_mode & stat.S_IROTH:
+            raise TokenError(
+                f"{path}: the token file is readable by all users; run: chmod o-r {path}"
+            )
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            tried.append(f"{path}: cannot read ({getattr(e, 'strerror', None) or 'not UTF-8'})")
+            continue
+        if not token:
+            tried.append(f"{path}: empty")
+            continue
+        return token, str(path)
+    where = "; ".join(tried) if tried else "neither $SISDROPD_TOKEN nor canvas.token_file is set"
+    raise TokenError(f"no Canvas token found ({where})")

@@ -1,0 +1,168 @@
+"""The running daemon: folders, lock, watcher and worker wired together; signals; systemd.
+
+Signal handlers only set events. The main thread waits on those events and, between
+them, tells systemd how things are (``READY=1``, ``STATUS=``, ``WATCHDOG=1`` while the
+watcher and worker threads are alive, ``STOPPING=1``). SIGTERM/SIGINT: nothing new is
+taken, the worker stops at its next checkpoint (an upload in progress is cut off; the
+journal says POSTING, and the next start looks in Canvas before posting again), and the
+process exits 0 within 10 seconds. SIGHUP reopens the log file.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from loguru import logger
+
+from sisdropd import __version__
+from sisdropd.canvas import CanvasClient
+from sisdropd.config import Config
+from sisdropd.journal import Journal
+from sisdropd.logs import reopen
+from sisdropd.watcher import Watcher
+from sisdropd.worker import Worker
+
+STOP_GRACE = 8.0  # seconds to wait for the threads before exiting anyway (< systemd's 10)
+
+
+class AlreadyRunning(Exception):
+    """Another sisdropd holds the lock on these folders."""
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's notify socket, if there is one. Never raises."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+        return True
+    except OSError:
+        return False
+
+
+def make_folders(cfg: Config) -> dict[str, Path]:
+    """Create inbox/, processing/, done/, failed/, held/ and the state dir if missing."""
+    out = {}
+    for name in ("inbox", "processing", "done", "failed", "held", "state_dir"):
+        p = cfg.folders.path(name)
+        p.mkdir(parents=True, exist_ok=True)
+        out[name] = p
+    if os.stat(out["inbox"]).st_dev != os.stat(out["processing"]).st_dev:
+        raise OSError(
+            errno.EXDEV,
+            "inbox/ and processing/ must be on one filesystem, so that taking a file is one atomic rename",
+        )
+    return out
+
+
+def lock(state_dir: Path) -> IO[str]:
+    """Hold ``<state_dir>/sisdropd.lock`` for the life of the process, or raise AlreadyRunning."""
+    f = open(state_dir / "sisdropd.lock", "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise AlreadyRunning(
+            f"another sisdropd (pid {pid}) is already running on {state_dir}; two daemons on one folder would post files twice"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+class Daemon:
+    """sisdropd run: everything the daemon holds, started by ``run`` until ``stop`` is set."""
+
+    def __init__(self, cfg: Config, token: str, *, stop: threading.Event | None = None) -> None:
+        self.cfg = cfg
+        self.stop = stop or threading.Event()
+        self.hup = threading.Event()
+        self.paused = threading.Event()
+        self.folders = make_folders(cfg)
+        self._lock = lock(self.folders["state_dir"])
+        self.journal = Journal(self.folders["state_dir"])
+        c = cfg.canvas
+        self.client = CanvasClient(
+            c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
+            retry_initial=c.retry_initial, retry_max=c.retry_max, stop=self.stop,
+        )
+        self.worker = Worker(cfg, self.journal, self.client, self.stop)
+        w = cfg.watch
+        self.watcher = Watcher(
+            self.folders["inbox"], self.worker.claim, extensions=w.extensions,
+            settle_seconds=w.settle_seconds, polling=w.polling, rescan_interval=w.rescan_interval,
+            paused=self.paused.is_set,
+        )
+
+    def install_signals(self) -> None:
+        def on_stop(signum: int, _frame: object) -> None:
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self.hup.set())
+
+    def run(self) -> int:
+        """Run until ``stop`` is set; returns the exit status (0)."""
+        f = self.folders
+        logger.info(
+            "sisdropd {} starting: inbox {}, Canvas {} account {}, import {}",
+            __version__, f["inbox"], self.cfg.canvas.base_url, self.cfg.canvas.account_id, dict(self.cfg.import_params),
+        )
+        self.worker.recover()
+        self.worker.start()
+        self.watcher.start()
+        sd_notify("READY=1\nSTATUS=watching " + str(f["inbox"]))
+        logger.info("watching {} (settle {:g}s, {})", f["inbox"], self.cfg.watch.settle_seconds, "polling" if self.cfg.watch.polling else "inotify")
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        ping = usec / 2e6 if usec else 30.0
+        last_status = ""
+        while not self.stop.wait(min(ping, 5.0)):
+            if self.hup.is_set():
+                self.hup.clear()
+                reopen()
+            status = self.worker.snapshot()
+            if status != last_status:
+                sd_notify("STATUS=" + status)
+                last_status = status
+            if usec and self.healthy():
+                sd_notify("WATCHDOG=1")
+        return self.shutdown()
+
+    def healthy(self) -> bool:
+        """The threads are alive and the worker is not wedged (it wakes at least every 5 s)."""
+        busy = self.worker.current is not None  # a long upload or poll is not a hang
+        return self.worker.is_alive() and self.watcher.alive() and (busy or time.monotonic() - self.worker.last_step < 60)
+
+    def shutdown(self) -> int:
+        sd_notify("STOPPING=1")
+        logger.info("stopping: no new files are taken; the import in flight resumes at the next start")
+        self.stop.set()
+        deadline = time.monotonic() + STOP_GRACE
+        self.watcher.stop()
+        self.worker.wake.set()
+        self.worker.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self.worker.is_alive():
+            logger.warning("the worker did not stop in time; exiting anyway (the journal has its place)")
+            return 0
+        self.client.close()
+        self.journal.close()
+        logger.info("stopped")
+        return 0

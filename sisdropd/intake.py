@@ -1,0 +1,142 @@
+"""Files on disk: which inbox entries count, their names in our folders, and safe moves.
+
+``eligible`` is the contract's point 1 (what in inbox/ is ours). ``stored_name`` gives a
+taken file the name it keeps in processing/, done/ and failed/: a UTC timestamp and a
+random tag before the original name, so the name ends with the original, sorts by time,
+and never collides. ``move`` never overwrites and survives a crash at any instant (a hard
+link then an unlink on one filesystem; copy, fsync, then unlink across filesystems).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+TEMP_SUFFIXES = (".part", ".filepart", ".tmp", ".partial")
+NAME_MAX = 255  # bytes, the usual filesystem limit for one name
+ROOM = len(".errors.csv")  # what the sidecar and errors file add to a stored name
+_STORED = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}-(?P<orig>.+)$", re.S)
+
+
+def eligible(name: str, extensions: tuple[str, ...] | list[str]) -> bool:
+    """True when an inbox entry named ``name`` is one we take (by name alone).
+
+    Hidden names, temporary upload names (``*.part``, ``*.filepart``, ``*.tmp``,
+    ``*.partial``, ``*~``) and other extensions are left alone.
+    """
+    if not name or name.startswith(".") or name.endswith("~"):
+        return False
+    lower = name.lower()
+    if lower.endswith(TEMP_SUFFIXES):
+        return False
+    ext = lower.rsplit(".", 1)[-1] if "." in lower else ""
+    return ext in {e.lower() for e in extensions}
+
+
+def stored_name(original: str, now: datetime | None = None) -> str:
+    """``<UTC timestamp>-<6 hex>-<original>``, short enough that it and its sidecar fit.
+
+    The name always ends with the original name; when the original is itself too long to
+    take a prefix, the prefix shrinks to the random tag, then to nothing.
+    """
+    when = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    tag = secrets.token_hex(3)
+    for prefix in (f"{when}-{tag}-", f"{tag}-", ""):
+        candidate = prefix + original
+        if len(os.fsencode(candidate)) <= NAME_MAX - ROOM:
+            return candidate
+    return original
+
+
+def original_name(stored: str) -> str:
+    """The dropped name inside a stored name (the whole name if it carries no prefix)."""
+    m = _STORED.match(stored)
+    return m.group("orig") if m else stored
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def move(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` without ever overwriting ``dst``; durable when it returns.
+
+    Idempotent: if a crash left the file at both names (same inode, or a complete copy
+    recorded by the caller), calling again finishes the move. Raises ``FileExistsError``
+    if ``dst`` is another file, ``FileNotFoundError`` if ``src`` is gone and ``dst`` absent.
+    """
+    try:
+        s = os.lstat(src)
+    except FileNotFoundError:
+        if os.path.lexists(dst):
+            return  # already moved
+        raise
+    try:
+        d = os.lstat(dst)
+    except FileNotFoundError:
+        d = None
+    if d is not None:
+        if (d.st_ino, d.st_dev) == (s.st_ino, s.st_dev):
+            os.unlink(src)  # a crash between link and unlink
+            fsync_dir(src.parent)
+            return
+        raise FileExistsError(errno.EEXIST, "destination exists and is another file", str(dst))
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        _copy_then_unlink(src, dst, s)
+        return
+    fsync_dir(dst.parent)
+    os.unlink(src)
+    fsync_dir(src.parent)
+
+
+def _copy_then_unlink(src: Path, dst: Path, s: os.stat_result) -> None:
+    """Across filesystems: copy to a temporary name, fsync, rename into place, then unlink."""
+    tmp = dst.with_name(f".{dst.name[: NAME_MAX - 20]}.{secrets.token_hex(4)}.tmp")
+    if stat.S_ISLNK(s.st_mode):
+        os.symlink(os.readlink(src), tmp)
+    elif stat.S_ISREG(s.st_mode):
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, tmp)
+    else:
+        raise OSError(errno.EXDEV, "cannot copy a special file across filesystems", str(src))
+    if os.path.lexists(dst):
+        os.unlink(tmp)
+        raise FileExistsError(errno.EEXIST, "destination exists and is another file", str(dst))
+    os.rename(tmp, dst)
+    fsync_dir(dst.parent)
+    os.unlink(src)
+    fsync_dir(src.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync, rename: all or nothing."""
+    tmp = path.with_name(f".{path.name[: NAME_MAX - 20]}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

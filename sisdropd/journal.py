@@ -1,0 +1,285 @@
+"""The journal: one SQLite file in the state_dir, the only record of each file's state.
+
+Every change of a file's state goes through ``Journal.transition``: it checks the move
+against ``lifecycle.ALLOWED``, writes the row and an event in one ``BEGIN IMMEDIATE``
+transaction (WAL, ``synchronous=FULL``: durable once it returns) and logs one line.
+Rows are never deleted: a row stays open until its file is in done/ or failed/, so a
+crash at any point leaves a record that start-up can finish. Other processes (``status``,
+the operator commands) open the same file while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from sisdropd.lifecycle import CLOSED, OPEN, State, check
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    original_name TEXT NOT NULL,
+    stored_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    size INTEGER,
+    mtime REAL,
+    sha256 TEXT,
+    upload_name TEXT,
+    members TEXT,
+    counts TEXT,
+    import_id INTEGER,
+    workflow_state TEXT,
+    progress INTEGER,
+    outcome TEXT,
+    outcome_reason TEXT,
+    sis_import TEXT,
+    problems TEXT,
+    errors_file TEXT,
+    taken_at TEXT NOT NULL,
+    post_started REAL,
+    posted_at TEXT,
+    finished_at TEXT,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    at TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+_JSON_COLUMNS = ("members", "counts", "sis_import", "problems")
+
+
+def utcnow() -> str:
+    """Now, ISO 8601 UTC with seconds and a Z (``2026-11-27T08:22:16Z``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class FileRecord:
+    """One journal row, JSON columns decoded."""
+
+    id: int
+    original_name: str
+    stored_name: str
+    state: State
+    size: int | None
+    mtime: float | None
+    sha256: str | None
+    upload_name: str | None
+    members: list[list[Any]] | None
+    counts: dict[str, int] | None
+    import_id: int | None
+    workflow_state: str | None
+    progress: int | None
+    outcome: str | None
+    outcome_reason: str | None
+    sis_import: dict[str, Any] | None
+    problems: list[str] | None
+    errors_file: str | None
+    taken_at: str
+    post_started: float | None
+    posted_at: str | None
+    finished_at: str | None
+    next_attempt: float
+    attempts: int
+    last_error: str | None
+    updated: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> FileRecord:
+        d = dict(row)
+        for col in _JSON_COLUMNS:
+            if d[col] is not None:
+                d[col] = json.loads(d[col])
+        d["state"] = State(d["state"])
+        return cls(**d)
+
+
+class Journal:
+    """The journal at ``<state_dir>/journal.sqlite3``; safe to share between threads."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "journal.sqlite3"
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self.tx() as db:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), committed on success, else rolled back."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- reads -----------------------------------------------------------------------
+    def get(self, file_id: int) -> FileRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        if row is None:
+            raise KeyError(file_id)
+        return FileRecord.from_row(row)
+
+    def select(self, where: str = "1", params: tuple[Any, ...] = (), order: str = "id") -> list[FileRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM files WHERE {where} ORDER BY {order}", params
+            ).fetchall()
+        return [FileRecord.from_row(r) for r in rows]
+
+    def in_states(self, states: frozenset[State] | set[State]) -> list[FileRecord]:
+        marks = ",".join("?" for _ in states)
+        return self.select(f"state IN ({marks})", tuple(str(s) for s in states))
+
+    def open_records(self) -> list[FileRecord]:
+        return self.in_states(OPEN)
+
+    def next_queued(self) -> FileRecord | None:
+        """The file to work on next: an import already under way first, else the oldest mtime."""
+        active = self.in_states({State.POSTING, State.RUNNING, State.FINISHING})
+        if active:
+            return active[0]
+        queued = self.select("state = ?", (str(State.QUEUED),), order="mtime, original_name, id")
+        return queued[0] if queued else None
+
+    def recent(self, limit: int = 10) -> list[FileRecord]:
+        marks = ",".join("?" for _ in CLOSED)
+        return self.select(
+            f"state IN ({marks})", tuple(str(s) for s in CLOSED), order="updated DESC, id DESC"
+        )[:limit]
+
+    def find_by_name(self, name: str, states: set[State]) -> list[FileRecord]:
+        marks = ",".join("?" for _ in states)
+        return self.select(
+            f"(original_name = ? OR stored_name = ?) AND state IN ({marks})",
+            (name, name, *[str(s) for s in states]),
+            order="id DESC",
+        )
+
+    def known_import_ids(self) -> set[int]:
+        with self._lock:
+            rows = self._db.execute("SELECT import_id FROM files WHERE import_id IS NOT NULL")
+            return {r[0] for r in rows}
+
+    def events(self, file_id: int) -> list[tuple[str | None, str, str | None]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT from_state, to_state, note FROM events WHERE file_id = ? ORDER BY id",
+                (file_id,),
+            ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- writes ----------------------------------------------------------------------
+    def add(self, *, original_name: str, stored_name: str, size: int, mtime: float) -> int:
+        """Record a file just taken into processing/ as QUEUED; returns its id."""
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO files(original_name, stored_name, state, size, mtime, taken_at, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (original_name, stored_name, str(State.QUEUED), size, mtime, utcnow(), time.time()),
+            )
+            file_id = int(cur.lastrowid or 0)
+            db.execute(
+                "INSERT INTO events(file_id, at, from_state, to_state, note) VALUES (?, ?, NULL, ?, ?)",
+                (file_id, utcnow(), str(State.QUEUED), "taken"),
+            )
+        return file_id
+
+    def update(self, file_id: int, **fields: Any) -> None:
+        """Set columns of a row without changing its state (progress, retry times, ...)."""
+        if not fields:
+            return
+        cols, vals = self._encode(fields)
+        with self.tx() as db:
+            db.execute(
+                f"UPDATE files SET {', '.join(c + ' = ?' for c in cols)}, updated = ? WHERE id = ?",
+                (*vals, time.time(), file_id),
+            )
+
+    def transition(self, file_id: int, new: State, note: str = "", **fields: Any) -> FileRecord:
+        """Move a file to state ``new`` and set ``fields`` in one durable transaction.
+
+        Raises ``lifecycle.TransitionError`` if the move is not allowed, ``KeyError`` if
+        there is no such row. Returns the updated record.
+        """
+        cols, vals = self._encode(fields)
+        with self.tx() as db:
+            row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
+            if row is None:
+                raise KeyError(file_id)
+            old = State(row[0])
+            check(old, new)
+            sets = ", ".join([*(c + " = ?" for c in cols), "state = ?", "updated = ?"])
+            db.execute(
+                f"UPDATE files SET {sets} WHERE id = ?", (*vals, str(new), time.time(), file_id)
+            )
+            db.execute(
+                "INSERT INTO events(file_id, at, from_state, to_state, note) VALUES (?, ?, ?, ?, ?)",
+                (file_id, utcnow(), str(old), str(new), note or None),
+            )
+        rec = self.get(file_id)
+        logger.bind(file=rec.original_name, import_id=rec.import_id, state=str(new)).debug(
+            "{} -> {}{}", old, new, f" ({note})" if note else ""
+        )
+        return rec
+
+    @staticmethod
+    def _encode(fields: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        cols, vals = [], []
+        for k, v in fields.items():
+            cols.append(k)
+            vals.append(json.dumps(v) if k in _JSON_COLUMNS and v is not None else v)
+        return cols, vals

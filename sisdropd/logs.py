@@ -1,0 +1,163 @@
+"""Logging with loguru: one line per event, naming the file and the import id; no secrets.
+
+``setup(log_config)`` installs the sinks: stderr always (without our own timestamp and
+with syslog priority prefixes when journald reads it, ``$JOURNAL_STREAM``), a rotated
+file when ``[log] file`` is set, ``format = "json"`` for one JSON object a line. A patcher
+on every record escapes control characters (a file name cannot forge a log line) and
+replaces every registered secret with ``[REDACTED]``, in the message and its fields.
+
+Callers bind the context: ``event(file="users.csv", import_id=4821).info("posted")``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Logger, Record
+
+    from sisdropd.config import LogConfig
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+_PRIORITY = {
+    "TRACE": 7,
+    "DEBUG": 7,
+    "INFO": 6,
+    "SUCCESS": 5,
+    "WARNING": 4,
+    "ERROR": 3,
+    "CRITICAL": 2,
+}
+_file_sink: dict[str, Any] = {}
+
+
+def add_secret(value: str | None) -> None:
+    """Never let ``value`` (a token) reach any sink again, whole or inside a longer text."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[REDACTED]``."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, "[REDACTED]")
+    return text
+
+
+def escape(text: str) -> str:
+    """Control characters (newlines included) as visible escapes, so one event stays one line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def clean(text: Any) -> str:
+    """A value made safe for a log line or an error message: escaped and redacted."""
+    return redact(escape(str(text)))
+
+
+def event(file: str | None = None, import_id: int | None = None, **extra: Any) -> Logger:
+    """A logger bound to one file (and its import id once known)."""
+    return logger.bind(file=file, import_id=import_id, **extra)
+
+
+def _patch(record: Record) -> None:
+    record["message"] = clean(record["message"])
+    extra = record["extra"]
+    for key, value in list(extra.items()):
+        if isinstance(value, str):
+            extra[key] = clean(value)
+    file, import_id = extra.get("file"), extra.get("import_id")
+    prefix = ""
+    if file:
+        prefix = file + (f" #{import_id}" if import_id else "") + ": "
+    elif import_id:
+        prefix = f"#{import_id}: "
+    extra["prefix"] = prefix
+    extra["priority"] = _PRIORITY.get(record["level"].name, 6)
+    doc = {
+        "time": record["time"].astimezone().isoformat(timespec="milliseconds"),
+        "level": record["level"].name,
+        "message": record["message"],
+        **{k: v for k, v in extra.items() if k not in ("prefix", "priority", "json") and v is not None},
+    }
+    if record["exception"] is not None:
+        doc["exception"] = clean(repr(record["exception"].value))
+    extra["json"] = json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def _under_journald() -> bool:
+    js = os.environ.get("JOURNAL_STREAM", "")
+    if not js:
+        return False
+    try:
+        dev, ino = (int(x) for x in js.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (dev, ino)
+    except (ValueError, OSError):
+        return False
+
+
+def _text_format(with_time: bool, journald: bool) -> str:
+    head = "<{extra[priority]}>" if journald else ""
+    when = "{time:YYYY-MM-DD HH:mm:ss.SSS} " if with_time else ""
+    return head + when + "{level:<7} {extra[prefix]}{message}"  # loguru appends "\n{exception}"
+
+
+def _json_format(_record: Record) -> str:
+    # A callable format gets no "\n{exception}" appended: the exception is inside the JSON.
+    return "{extra[json]}\n"
+
+
+def setup(cfg: LogConfig | None = None, *, stream: Any = None) -> None:
+    """Install the sinks for ``cfg`` (defaults: INFO, text, stderr only). Idempotent."""
+    logger.remove()
+    _file_sink.clear()
+    level = (cfg.level if cfg else "INFO").upper()
+    fmt = cfg.format if cfg else "text"
+    logger.configure(patcher=_patch, extra={"file": None, "import_id": None})
+    journald = stream is None and _under_journald()
+    stream_fmt: Any = _json_format if fmt == "json" else _text_format(not journald, journald)
+    logger.add(
+        stream or sys.stderr,
+        level=level,
+        format=stream_fmt,
+        backtrace=False,
+        diagnose=False,  # never print local variables: they may hold the token
+        colorize=False,
+    )
+    if cfg and cfg.file:
+        _file_sink.update(
+            path=cfg.file,
+            kwargs=dict(
+                level=level,
+                format=_json_format if fmt == "json" else _text_format(True, False),
+                rotation=cfg.rotation,
+                retention=cfg.retention,
+                compression="gz",
+                backtrace=False,
+                diagnose=False,
+                enqueue=False,
+                encoding="utf-8",
+            ),
+        )
+        _file_sink["id"] = logger.add(cfg.file, **_file_sink["kwargs"])
+
+
+def reopen() -> None:
+    """Reopen the log file (SIGHUP, after an external logrotate moved it)."""
+    if "id" in _file_sink:
+        logger.remove(_file_sink["id"])
+        _file_sink["id"] = logger.add(_file_sink["path"], **_file_sink["kwargs"])
+        logger.info("log file reopened")

@@ -1,0 +1,235 @@
+"""What an operator asks from a shell: ``status``, ``status ID``, ``validate`` and ``check``.
+
+``status`` reads the daemon's journal (it works while the daemon runs: SQLite in WAL mode
+lets readers in). Nothing here prints the token: every line passes ``logs.clean``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sisdropd import importer, preflight
+from sisdropd.canvas import CanvasClient, CanvasError, NotFound
+from sisdropd.config import Config, ConfigError, TokenError, load, read_token
+from sisdropd.journal import FileRecord, Journal
+from sisdropd.lifecycle import State
+from sisdropd.logs import add_secret, clean
+
+
+def _out(line: str = "") -> None:
+    print(clean(line), flush=False)
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    try:
+        secs = time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return "-"
+    return _duration(secs)
+
+
+def _duration(secs: float) -> str:
+    secs = max(0, int(secs))
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m{secs % 60:02d}s"
+    return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+
+
+def _record_json(r: FileRecord) -> dict[str, Any]:
+    counts = ((r.sis_import or {}).get("data") or {}).get("counts") or {}
+    return {
+        "id": r.id,
+        "original_name": r.original_name,
+        "stored_name": r.stored_name,
+        "state": str(r.state),
+        "size": r.size,
+        "import_id": r.import_id,
+        "workflow_state": r.workflow_state,
+        "progress": r.progress,
+        "reason": r.outcome_reason,
+        "taken_at": r.taken_at,
+        "posted_at": r.posted_at,
+        "finished_at": r.finished_at,
+        "warnings": counts.get("warning_count"),
+        "errors": counts.get("error_count"),
+        "last_error": r.last_error,
+        "next_attempt": (
+            datetime.fromtimestamp(r.next_attempt, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if r.next_attempt > time.time()
+            else None
+        ),
+    }
+
+
+def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> int:
+    """Print the queue, the import in flight and the last outcomes from the journal."""
+    state_dir = cfg.folders.path("state_dir")
+    if not (state_dir / "journal.sqlite3").exists():
+        if as_json:
+            print(json.dumps({"queued": [], "in_flight": None, "held": [], "recent": [], "journal": None}))
+        else:
+            _out(f"no journal yet in {state_dir}: the daemon has not run with this config")
+        return 0
+    j = Journal(state_dir)
+    try:
+        open_recs = j.open_records()
+        queued = sorted((r for r in open_recs if r.state == State.QUEUED), key=lambda r: (r.mtime or 0, r.original_name))
+        active = [r for r in open_recs if r.state != State.QUEUED]
+        held = j.in_states({State.HELD})
+        recent = j.recent(limit)
+        paused = (state_dir / "paused").exists()
+    finally:
+        j.close()
+    if as_json:
+        doc = {
+            "paused": paused,
+            "queued": [_record_json(r) for r in queued],
+            "in_flight": _record_json(active[0]) if active else None,
+            "held": [_record_json(r) for r in held],
+            "recent": [_record_json(r) for r in recent],
+        }
+        print(clean(json.dumps(doc, indent=2, ensure_ascii=False)))
+        return 0
+    if paused:
+        _out("PAUSED: no new files are taken (sisdropd resume)")
+    _out(f"queued: {len(queued)}")
+    for r in queued:
+        wait = f" (next try in {_duration(r.next_attempt - time.time())}: {r.last_error})" if r.next_attempt > time.time() else ""
+        _out(f"  {r.original_name}  {r.size or 0} bytes  waiting {_age(r.taken_at)}{wait}")
+    if active:
+        r = active[0]
+        _out(
+            f"in flight: {r.original_name}  import {r.import_id or '?'}  {r.workflow_state or r.state}"
+            f"  {r.progress or 0}%  running {_age(r.posted_at or r.taken_at)}"
+        )
+        if r.last_error and r.next_attempt > time.time():
+            _out(f"  waiting to retry: {r.last_error}")
+    else:
+        _out("in flight: none")
+    if held:
+        _out(f"held: {len(held)} (sisdropd release NAME / discard NAME)")
+        for r in held:
+            _out(f"  {r.stored_name}: {r.outcome_reason}")
+    _out(f"last {len(recent)} outcome(s):")
+    for r in recent:
+        counts = importer.counts_summary(r.sis_import) if r.sis_import else (r.outcome_reason or "")
+        took = ""
+        if r.posted_at and r.finished_at:
+            try:
+                t0 = datetime.fromisoformat(r.posted_at.replace("Z", "+00:00"))
+                t1 = datetime.fromisoformat(r.finished_at.replace("Z", "+00:00"))
+                took = f"  {_duration((t1 - t0).total_seconds())}"
+            except ValueError:
+                pass
+        _out(f"  {r.finished_at or '-'}  {r.state:<6} {r.original_name}  import {r.import_id or '-'}  {r.workflow_state or '-'}{took}  {counts}")
+    return 0
+
+
+def canvas_status(cfg: Config, token: str, import_id: int, *, as_json: bool = False) -> int:
+    """Print one SIS import as Canvas reports it; 1 if Canvas does not know it."""
+    c = cfg.canvas
+    client = CanvasClient(c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle, retry_initial=1, retry_max=5)
+    try:
+        imp = client.get_import(import_id, deadline=time.time() + c.timeout)
+    except NotFound:
+        _out(f"import {import_id}: not found in account {c.account_id}")
+        return 1
+    except CanvasError as e:
+        _out(f"import {import_id}: cannot ask Canvas: {e.message}")
+        return 1
+    finally:
+        client.close()
+    if as_json:
+        print(clean(json.dumps(imp, indent=2, ensure_ascii=False)))
+        return 0
+    _out(f"import {imp.get('id')}: {imp.get('workflow_state')}  progress {imp.get('progress')}%")
+    _out(f"  created {imp.get('created_at')}  started {imp.get('started_at') or '-'}  ended {imp.get('ended_at') or '-'}")
+    _out(f"  {importer.counts_summary(imp)}")
+    for att in imp.get("csv_attachments") or []:
+        _out(f"  file: {att.get('display_name')} ({att.get('size')} bytes)")
+    for key in ("processing_errors", "processing_warnings"):
+        for pair in (imp.get(key) or [])[:10]:
+            _out(f"  {key.split('_')[1][:-1]}: {' '.join(str(x) for x in pair if x)}")
+    if (imp.get("errors_attachment") or {}).get("url"):
+        _out(f"  errors file: {imp['errors_attachment'].get('display_name')}")
+    return 0
+
+
+def validate_files(paths: list[Path], import_type: str, extensions: tuple[str, ...] | None) -> int:
+    """``sisdropd validate``: print each problem as ``file:line: message``; 1 if any fails."""
+    failed = 0
+    for path in paths:
+        kw: dict[str, Any] = {"import_type": import_type}
+        if extensions:
+            kw["extensions"] = extensions
+        report = preflight.check_path(path, name=str(path), **kw)
+        for p in report.problems:
+            _out(str(p))
+        for w in report.warnings:
+            _out(f"{w} (warning)")
+        if report.ok:
+            counts = ", ".join(f"{k} {v}" for k, v in report.counts.items()) or "no rows"
+            _out(f"{path}: ok ({report.kind}: {counts})")
+        else:
+            failed += 1
+    return 1 if failed else 0
+
+
+def check(path: Path) -> int:
+    """``sisdropd check``: config, folders, permissions, token, and the token against Canvas."""
+    problems: list[str] = []
+    try:
+        cfg = load(path)
+    except ConfigError as e:
+        for p in e.problems:
+            _out(f"problem: config: {p}")
+        return 1
+    _out(f"ok: config {path}")
+    for name in ("inbox", "processing", "done", "failed", "held", "state_dir"):
+        folder = cfg.folders.path(name)
+        probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
+        if not folder.exists():
+            if os.access(probe, os.W_OK | os.X_OK):
+                _out(f"ok: {name} {folder} (will be created)")
+            else:
+                problems.append(f"{name} {folder}: missing, and {probe} is not writable to create it")
+        elif not folder.is_dir():
+            problems.append(f"{name} {folder}: not a folder")
+        elif not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            problems.append(f"{name} {folder}: not readable and writable by this user")
+        else:
+            _out(f"ok: {name} {folder}")
+    inbox, proc = cfg.folders.path("inbox"), cfg.folders.path("processing")
+    if inbox.exists() and proc.exists() and inbox.stat().st_dev != proc.stat().st_dev:
+        problems.append("inbox and processing are on different filesystems (a file could not be taken atomically)")
+    try:
+        token, where = read_token(cfg)
+        add_secret(token)
+        _out(f"ok: token from {where}")
+    except TokenError as e:
+        problems.append(f"token: {e}")
+        token = ""
+    if token:
+        c = cfg.canvas
+        client = CanvasClient(c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle, retry_initial=1, retry_max=5)
+        try:
+            me = client.whoami(deadline=time.time() + c.timeout)
+            _out(f"ok: Canvas {c.base_url} accepts the token (user {me.get('id')}, {me.get('name')})")
+            next(iter(client.list_imports(per_page=1, deadline=time.time() + c.timeout)), None)
+            _out(f"ok: the token may list SIS imports of account {c.account_id}")
+        except CanvasError as e:
+            problems.append(f"Canvas: {e.message}")
+        finally:
+            client.close()
+    for p in problems:
+        _out(f"problem: {p}")
+    return 1 if problems else 0

@@ -1,0 +1,203 @@
+"""Unit tests where the logic is dense: config loading, naming, eligibility, routing, journal."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sisdropd import config, intake, lifecycle
+from sisdropd.journal import Journal
+from sisdropd.lifecycle import State, TransitionError
+
+from .conftest import write_config
+
+GOOD = {
+    "canvas": {"base_url": "https://school.instructure.com", "account_id": "1"},
+    "folders": {"root": "/srv/sisdrop"},
+}
+
+
+def load(tmp_path: Path, sections: dict) -> config.Config:
+    return config.load(write_config(tmp_path / "c.toml", sections))
+
+
+def problems(tmp_path: Path, sections: dict) -> list[str]:
+    with pytest.raises(config.ConfigError) as e:
+        load(tmp_path, sections)
+    return e.value.problems
+
+
+def test_config_defaults_and_floats(tmp_path: Path) -> None:
+    cfg = load(tmp_path, {**GOOD, "watch": {"settle_seconds": 2.5, "poll_interval": 1}})
+    assert cfg.watch.settle_seconds == 2.5 and cfg.watch.poll_interval == 1.0
+    assert cfg.watch.max_wait == 21600 and cfg.watch.extensions == ("csv", "xml", "zip")
+    assert cfg.import_type == "instructure_csv"
+    assert cfg.folders.path("inbox") == Path("/srv/sisdrop/inbox")
+    assert cfg.folders.path("state_dir") == Path("/srv/sisdrop/.sisdropd")
+
+
+def test_config_unknown_key_and_section_are_named(tmp_path: Path) -> None:
+    p = problems(tmp_path, {**GOOD, "watch": {"settle_secs": 3}, "extra": {"a": 1}})
+    assert any(x.startswith("watch.settle_secs: unknown key") for x in p), p
+    assert any(x.startswith("extra: unknown section") for x in p), p
+
+
+def test_config_wrong_types_are_named(tmp_path: Path) -> None:
+    p = problems(tmp_path, {**GOOD, "watch": {"settle_seconds": "ten", "abort_on_timeout": 1}})
+    assert any("watch.settle_seconds: expected a number" in x for x in p), p
+    assert any("watch.abort_on_timeout: expected true or false" in x for x in p), p
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://school.instructure.com", True),
+        ("http://127.0.0.1:8900", True),
+        ("http://localhost:8900", True),
+        ("http://[::1]:8900", True),
+        ("http://school.instructure.com", False),
+        ("ftp://school", False),
+    ],
+)
+def test_config_https_only_except_loopback(tmp_path: Path, url: str, ok: bool) -> None:
+    sections = {**GOOD, "canvas": {"base_url": url, "account_id": "1"}}
+    if ok:
+        load(tmp_path, sections)
+    else:
+        assert any(x.startswith("canvas.base_url") for x in problems(tmp_path, sections))
+
+
+def test_config_bad_import_params_fail_at_start(tmp_path: Path) -> None:
+    p = problems(tmp_path, {**GOOD, "import": {"batch_mode": True, "diffing_drop_status": "gone"}})
+    assert any("import.diffing_drop_status" in x for x in p), p
+    assert any("batch_mode" in x for x in p), p
+
+
+def test_config_toml_syntax_error(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[canvas\nbase_url = 1\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(f)
+    assert "TOML syntax error" in e.value.problems[0]
+
+
+def test_token_order_and_world_readable_refused(tmp_path: Path) -> None:
+    tf = tmp_path / "token"
+    tf.write_text("from-file\n")
+    os.chmod(tf, 0o600)
+    cfg = load(tmp_path, {**GOOD, "canvas": {**GOOD["canvas"], "token_file": str(tf)}})
+    assert config.read_token(cfg, {}) == ("from-file", str(tf))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "canvas-token").write_text("from-credentials")
+    os.chmod(creds / "canvas-token", 0o400)
+    assert config.read_token(cfg, {"CREDENTIALS_DIRECTORY": str(creds)})[0] == "from-credentials"
+    assert config.read_token(cfg, {"SISDROPD_TOKEN": "from-env", "CREDENTIALS_DIRECTORY": str(creds)})[0] == "from-env"
+    os.chmod(tf, 0o644)
+    with pytest.raises(config.TokenError) as e:
+        config.read_token(cfg, {})
+    assert "readable by all users" in str(e.value) and "from-file" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("users.csv", True),
+        ("USERS.CSV", True),
+        ("term.zip", True),
+        ("feed.xml", True),
+        (".users.csv", False),
+        ("users.csv.part", False),
+        ("users.csv.filepart", False),
+        ("users.tmp", False),
+        ("users.csv.partial", False),
+        ("users.csv~", False),
+        ("users.xlsx", False),
+        ("users", False),
+    ],
+)
+def test_eligible_names(name: str, ok: bool) -> None:
+    assert intake.eligible(name, ("csv", "xml", "zip")) is ok
+
+
+def test_stored_name_ends_with_original_and_fits() -> None:
+    when = datetime(2026, 11, 27, 8, 0, 0, tzinfo=UTC)
+    s = intake.stored_name("users.csv", when)
+    assert s.startswith("20261127T080000Z-") and s.endswith("-users.csv")
+    assert intake.original_name(s) == "users.csv"
+    assert intake.stored_name("users.csv", when) != s  # two drops of one name never collide
+    long = "é" * 120 + ".csv"  # 244 bytes
+    s = intake.stored_name(long, when)
+    assert s.endswith(long) and len(os.fsencode(s + ".errors.csv")) <= 255
+    assert intake.original_name("plain.csv") == "plain.csv"
+
+
+def test_move_never_overwrites_and_finishes_a_half_move(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("one")
+    b.write_text("two")
+    with pytest.raises(FileExistsError):
+        intake.move(a, b)
+    assert a.read_text() == "one" and b.read_text() == "two"
+    c = tmp_path / "c"
+    os.link(a, c)  # as if killed between link and unlink
+    intake.move(a, c)
+    assert not a.exists() and c.read_text() == "one"
+
+
+@pytest.mark.parametrize(
+    ("state", "dest"),
+    [
+        ("imported", State.DONE),
+        ("imported_with_messages", State.DONE),
+        ("failed", State.FAILED),
+        ("failed_with_messages", State.FAILED),
+        ("aborted", State.FAILED),
+        ("restored", State.DONE),
+        ("partially_restored", State.DONE),
+    ],
+)
+def test_every_final_state_is_routed(state: str, dest: State) -> None:
+    assert lifecycle.is_final(state)
+    assert lifecycle.route(state)[0] == dest
+
+
+@pytest.mark.parametrize("state", ["initializing", "created", "importing", "cleanup_batch", "restoring", "weird"])
+def test_non_final_states_are_not_routed(state: str) -> None:
+    assert not lifecycle.is_final(state)
+    with pytest.raises(ValueError):
+        lifecycle.route(state)
+
+
+def test_journal_transitions_are_checked_and_recorded(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    fid = j.add(original_name="users.csv", stored_name="x-users.csv", size=10, mtime=1.0)
+    with pytest.raises(TransitionError):
+        j.transition(fid, State.DONE)
+    j.transition(fid, State.POSTING, upload_name="u.csv")
+    j.transition(fid, State.RUNNING, import_id=7)
+    j.transition(fid, State.FINISHING, outcome="done", sis_import={"id": 7})
+    j.transition(fid, State.DONE)
+    assert [e[1] for e in j.events(fid)] == ["queued", "posting", "running", "finishing", "done"]
+    rec = j.get(fid)
+    assert rec.import_id == 7 and rec.sis_import == {"id": 7} and rec.state == State.DONE
+    j.close()
+    # durable: a new connection sees it
+    assert Journal(tmp_path).get(fid).state == State.DONE
+
+
+def test_journal_next_prefers_active_then_oldest_mtime(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    b = j.add(original_name="b.csv", stored_name="b", size=1, mtime=2.0)
+    a = j.add(original_name="a.csv", stored_name="a", size=1, mtime=2.0)
+    old = j.add(original_name="z.csv", stored_name="z", size=1, mtime=1.0)
+    assert j.next_queued().id == old
+    j.transition(b, State.POSTING)
+    assert j.next_queued().id == b
+    j.transition(b, State.QUEUED)
+    assert j.next_queued().id == old
+    j.transition(old, State.LOST)
+    assert j.next_queued().id == a  # same mtime: by name
