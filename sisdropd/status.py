@@ -18,7 +18,7 @@ from sisdropd.canvas import CanvasClient, CanvasError, NotFound
 from sisdropd.config import Config, ConfigError, TokenError, load, read_token
 from sisdropd.journal import FileRecord, Journal
 from sisdropd.lifecycle import State
-from sisdropd.logs import add_secret, clean
+from sisdropd.logs import add_secret, clean, redact
 
 
 def _out(line: str = "") -> None:
@@ -97,7 +97,7 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
             "held": [_record_json(r) for r in held],
             "recent": [_record_json(r) for r in recent],
         }
-        print(clean(json.dumps(doc, indent=2, ensure_ascii=False)))
+        print(redact(json.dumps(doc, indent=2, ensure_ascii=False)))
         return 0
     if paused:
         _out("PAUSED: no new files are taken (sisdropd resume)")
@@ -149,7 +149,7 @@ def canvas_status(cfg: Config, token: str, import_id: int, *, as_json: bool = Fa
     finally:
         client.close()
     if as_json:
-        print(clean(json.dumps(imp, indent=2, ensure_ascii=False)))
+        print(redact(json.dumps(imp, indent=2, ensure_ascii=False)))
         return 0
     _out(f"import {imp.get('id')}: {imp.get('workflow_state')}  progress {imp.get('progress')}%")
     _out(f"  created {imp.get('created_at')}  started {imp.get('started_at') or '-'}  ended {imp.get('ended_at') or '-'}")

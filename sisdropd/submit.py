@@ -24,7 +24,7 @@ from sisdropd.canvas import (
 )
 from sisdropd.config import Config
 from sisdropd.lifecycle import RESTORED_STATES, SUCCESS_STATES
-from sisdropd.logs import clean
+from sisdropd.logs import clean, redact
 from sisdropd.logs import event as log_event
 
 
@@ -88,7 +88,7 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
         importer.canvas_messages(final_imp, log)
         state = str(final_imp.get("workflow_state"))
         if as_json:
-            print(json.dumps(final_imp, indent=2, ensure_ascii=False))
+            print(redact(json.dumps(final_imp, indent=2, ensure_ascii=False)))
         _print(f"{state}: import {import_id} ({importer.counts_summary(final_imp)}) in {time.time() - started:.1f}s")
         return 0 if state in SUCCESS_STATES | RESTORED_STATES else 1
     except TokenRejected as e:

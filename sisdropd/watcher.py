@@ -66,7 +66,8 @@ class Watcher:
     """Watches ``inbox`` and calls ``take`` for each entry once it has settled.
 
     ``paused()`` is asked before each take: while it returns True nothing is taken (the
-    candidates are kept). ``start`` scans what is already there; ``stop`` joins its threads.
+    candidates are kept). ``on_taken()`` is called after each pass that took something.
+    ``start`` scans what is already there; ``stop`` joins its threads.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Watcher:
         polling: bool = False,
         rescan_interval: float = 60.0,
         paused: Callable[[], bool] = lambda: False,
+        on_taken: Callable[[], None] = lambda: None,
         polling_interval: float = 2.0,
     ) -> None:
         self.inbox = inbox
@@ -88,6 +90,7 @@ class Watcher:
         self.polling = polling
         self.rescan_interval = rescan_interval
         self.paused = paused
+        self.on_taken = on_taken
         self.polling_interval = polling_interval
         self._cands: dict[str, _Candidate] = {}
         self._lock = threading.Lock()
@@ -187,6 +190,7 @@ class Watcher:
         with self._lock:
             names = list(self._cands.items())
         paused = self.paused()
+        settled: list[tuple[int, str, Path, os.stat_result, _Candidate]] = []
         for name, cand in names:
             if cand.retry_at > now:
                 next_due = min(next_due, cand.retry_at)
@@ -214,8 +218,13 @@ class Watcher:
             if now < due:
                 next_due = min(next_due, due)
                 continue
-            if paused:
-                continue
+            if not paused:
+                settled.append((st.st_mtime_ns, name, path, st, cand))
+        # Take what settled together oldest first, then tell the worker once: files that
+        # arrive together are imported in modification-time order (ties by name).
+        settled.sort(key=lambda t: (t[0], t[1]))
+        taken_any = False
+        for _mt, name, path, st, cand in settled:
             try:
                 taken = self.take(path, st)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
@@ -223,9 +232,12 @@ class Watcher:
                 taken = False
             if taken:
                 self._forget(name)
+                taken_any = True
             else:
                 cand.retry_at = now + max(1.0, self.settle)
                 next_due = min(next_due, cand.retry_at)
+        if taken_any:
+            self.on_taken()
         return next_due
 
     def _forget(self, name: str) -> None:

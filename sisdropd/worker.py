@@ -103,8 +103,7 @@ class Worker(threading.Thread):
         self.journal.add(original_name=name, stored_name=stored, size=st.st_size, mtime=st.st_mtime)
         kind = "" if stat.S_ISREG(st.st_mode) else " (not a regular file)"
         log_event(name).info("taken{}: {} bytes -> processing/{}", kind, st.st_size, stored)
-        self.wake.set()
-        return True
+        return True  # the watcher wakes the worker once per batch (on_taken)
 
     # -- start-up ------------------------------------------------------------------------
     def recover(self) -> None:
