@@ -31,6 +31,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from sisdropd import __version__
+from sisdropd.crashpoint import crashpoint
 from sisdropd.logs import clean
 
 BLOCK = 1 << 20  # bytes per read and per socket send
@@ -171,6 +172,8 @@ class MultipartBody:
         self._len = len(self._parts[0]) + size + len(self._parts[2])  # type: ignore[arg-type]
         self._file = f
         self._file_left = size
+        self._half = False
+        self._size = size
         self.sent = 0
 
     @property
@@ -203,6 +206,9 @@ class MultipartBody:
                 continue
             self._file_left -= len(chunk)
             self.sent += len(chunk)
+            if not self._half and self.sent * 2 >= self._size:
+                self._half = True
+                crashpoint("uploading")
             return chunk
         return b""
 

@@ -81,6 +81,23 @@ class LogConfig:
     retention: int = 10
 
 
+NOTIFY_EVENTS = ("failed", "held", "stale", "warnings", "done", "stuck")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    command: tuple[str, ...] = ()  # argv, no shell; the event as JSON on stdin
+    webhook: str | None = None  # the same JSON, POSTed
+    events: tuple[str, ...] = ("failed", "held", "stale")
+    stuck_after: float = 7200.0  # seconds an import may run before a "stuck" event
+    timeout: float = 30.0  # seconds a notifier may take
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: str | None = None  # Prometheus textfile collector path, rewritten atomically
+
+
 @dataclass(frozen=True)
 class Config:
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
@@ -90,6 +107,8 @@ class Config:
     )
     watch: WatchConfig = field(default_factory=WatchConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<defaults>"
 
     @property
@@ -106,6 +125,8 @@ _SECTIONS: dict[str, type] = {
     "folders": FoldersConfig,
     "watch": WatchConfig,
     "log": LogConfig,
+    "notify": NotifyConfig,
+    "metrics": MetricsConfig,
 }
 _LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -242,6 +263,11 @@ def _check_values(cfg: Config) -> list[str]:
     bad_ext = [e for e in w.extensions if not e or "." in e or "/" in e]
     if bad_ext or not w.extensions:
         out.append(f"watch.extensions: give bare extensions like [\"csv\", \"zip\"], got {list(w.extensions)}")
+    bad_events = [e for e in cfg.notify.events if e not in NOTIFY_EVENTS]
+    if bad_events:
+        out.append(f"notify.events: unknown {bad_events} (known: {', '.join(NOTIFY_EVENTS)})")
+    if cfg.notify.webhook and urlsplit(cfg.notify.webhook).scheme not in ("http", "https"):
+        out.append(f"notify.webhook: not an http(s) URL: {cfg.notify.webhook!r}")
     if cfg.log.level.upper() not in _LEVELS:
         out.append(f"log.level: one of {', '.join(_LEVELS)}, got {cfg.log.level!r}")
     if cfg.log.format not in ("text", "json"):

@@ -41,6 +41,7 @@ from sisdropd.canvas import (
     TokenRejected,
 )
 from sisdropd.config import Config, TokenError, read_token
+from sisdropd.crashpoint import crashpoint
 from sisdropd.intake import fsync_dir, move, original_name, stored_name, write_atomic
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import State, route
@@ -100,6 +101,7 @@ class Worker(threading.Thread):
             return False
         fsync_dir(path.parent)
         fsync_dir(dest.parent)
+        crashpoint("claimed")
         self.journal.add(original_name=name, stored_name=stored, size=st.st_size, mtime=st.st_mtime)
         kind = "" if stat.S_ISREG(st.st_mode) else " (not a regular file)"
         log_event(name).info("taken{}: {} bytes -> processing/{}", kind, st.st_size, stored)
@@ -225,6 +227,7 @@ class Worker(threading.Thread):
             counts=report.counts, sha256=sha256_of(path), size=report.size,
             post_started=time.time(), attempts=rec.attempts + 1,
         )
+        crashpoint("before_post")
         self._post(rec)
 
     def _our_user_id(self, rec: FileRecord) -> int | None:
@@ -263,6 +266,7 @@ class Worker(threading.Thread):
             self.client.retries[getattr(e, "cause", "network")] += 1
             self.journal.update(rec.id, next_attempt=time.time() + delay * 0.2, last_error=str(e)[:500])
             return
+        crashpoint("posted")
         import_id = int(imp["id"])
         rec = self.journal.transition(
             rec.id, State.RUNNING, "posted", import_id=import_id,
@@ -271,6 +275,7 @@ class Worker(threading.Thread):
         mbps = (rec.size or 0) / max(1e-6, time.monotonic() - started) / 1e6
         self._log(rec).info("posted: import {} ({}), {:.1f} MB/s", import_id, imp.get("workflow_state"), mbps)
         self.auth_backoff.reset()
+        crashpoint("running")
 
     # POSTING ----------------------------------------------------------------------------
     def _resolve_post(self, rec: FileRecord) -> None:
@@ -345,6 +350,7 @@ class Worker(threading.Thread):
             sis_import=imp, workflow_state=state, progress=imp.get("progress"), finished_at=utcnow(),
         )
         importer.canvas_messages(imp, self._log(rec))
+        crashpoint("decided")
 
     def _timeout(self, rec: FileRecord, imp: dict[str, Any] | None) -> None:
         log = self._log(rec)
@@ -378,7 +384,9 @@ class Worker(threading.Thread):
             dest_dir.mkdir(parents=True, exist_ok=True)
             errors_file = rec.errors_file or self._save_errors_file(rec, dest_dir)
             write_atomic(dest_dir / f"{rec.stored_name}.json", self.sidecar(rec, errors_file))
+            crashpoint("sidecar")
             move(src, dst)
+            crashpoint("moved")
         except FileNotFoundError:
             if not os.path.lexists(dst):
                 self.journal.transition(rec.id, State.LOST, "vanished while finishing")

@@ -1,0 +1,40 @@
+"""Named points where a test can have the daemon killed for real (SIGKILL, no cleanup).
+
+``crashpoint("posted")`` does nothing unless ``$SISDROPD_CRASH_AT`` names that point
+(optionally ``posted:2`` for its second passage). The crash-safety tests use it to
+put a SIGKILL exactly in the windows that matter (a post whose answer is not yet
+journaled, a sidecar written but the file not yet moved), which random kills hit only
+by luck. In production the variable is unset and each call is one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+_passes: Counter[str] = Counter()
+
+POINTS = (
+    "claimed",  # renamed into processing/, not yet journaled
+    "before_post",  # POSTING journaled, nothing sent
+    "uploading",  # half of the file's bytes sent
+    "posted",  # Canvas answered the post, the id not yet journaled
+    "running",  # RUNNING journaled
+    "decided",  # FINISHING journaled, nothing moved
+    "sidecar",  # sidecar written, file not yet moved
+    "moved",  # file moved, DONE/FAILED not yet journaled
+)
+
+
+def crashpoint(name: str) -> None:
+    """SIGKILL this process if ``$SISDROPD_CRASH_AT`` is ``name`` (or ``name:N`` on pass N)."""
+    want = os.environ.get("SISDROPD_CRASH_AT")
+    if not want:
+        return
+    point, _, nth = want.partition(":")
+    if point != name:
+        return
+    _passes[name] += 1
+    if _passes[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
