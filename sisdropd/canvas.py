@@ -35,7 +35,8 @@ from sisdropd.crashpoint import crashpoint
 from sisdropd.logs import clean
 
 BLOCK = 1 << 20  # bytes per read and per socket send
-LOW_QUOTA = 100.0  # X-Rate-Limit-Remaining below this: slow down (Canvas refills 10/s)
+LOW_QUOTA = 100.0  # X-Rate-Limit-Remaining below this: slow down
+REFILL_PER_SECOND = 10.0  # Canvas's default leaky-bucket refill rate
 
 
 class Stopped(Exception):
@@ -268,6 +269,7 @@ class CanvasClient:
         self.retry_initial, self.retry_max = retry_initial, retry_max
         self.retries: Counter[str] = Counter()  # retries by cause, for logs and metrics
         self.remaining: float | None = None  # X-Rate-Limit-Remaining of the last answer
+        self._remaining_at = 0.0
         self._session = requests.Session()
         self._session.mount("https://", _BigBlocks())
         self._session.mount("http://", _BigBlocks())
@@ -298,7 +300,7 @@ class CanvasClient:
         rem = resp.headers.get("X-Rate-Limit-Remaining")
         if rem is not None:
             try:
-                self.remaining = float(rem)
+                self.remaining, self._remaining_at = float(rem), time.monotonic()
             except ValueError:
                 pass
         if resp.status_code >= 300:
@@ -308,7 +310,9 @@ class CanvasClient:
     def _pace(self) -> None:
         """Slow down while Canvas says the quota is low (it refills about 10 units a second)."""
         if self.remaining is not None and self.remaining < LOW_QUOTA:
-            self.wait(min(10.0, (LOW_QUOTA - self.remaining) / 10.0))
+            # Time already spent since that answer (a backoff, polling) counts as refill.
+            needed = min(10.0, (LOW_QUOTA - self.remaining) / REFILL_PER_SECOND)
+            self.wait(needed - (time.monotonic() - self._remaining_at))
 
     def wait(self, seconds: float) -> None:
         """Sleep ``seconds`` unless stopping; raises ``Stopped`` if the daemon stops."""

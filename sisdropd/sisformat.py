@@ -239,7 +239,7 @@ IGNORED_ZIP_NAMES = ("desktop.db", "desktop.df")
 
 def normalise_header(cells: Iterable[str]) -> list[str]:
     """Header cells as Canvas compares them: trimmed and lower-cased (BOM already stripped)."""
-    return [c.strip().lower() for c in cells]
+    return [c.strip().lstrip("\ufeff").strip().lower() for c in cells]
 
 
 def recognise(header: Iterable[str]) -> CsvType | None:

@@ -78,6 +78,9 @@ class Worker(threading.Thread):
         self.auth_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
         self.error_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
         self.current: FileRecord | None = None
+        # How long a post that got no answer may still be turning into an import at Canvas.
+        self.post_grace = 2 * cfg.canvas.timeout
+        self._absent_since: dict[int, float] = {}
         self.last_step = time.monotonic()
 
     # -- intake (called from the watcher's thread) ------------------------------------
@@ -302,7 +305,14 @@ class Worker(threading.Thread):
         elif verdict == "unsure":
             log.info("Canvas has a pending import that may be this post; asking again in {:.0f}s", self.cfg.watch.poll_interval)
             self.journal.update(rec.id, next_attempt=time.time() + self.cfg.watch.poll_interval)
+        elif time.time() < self._absent_since.setdefault(rec.id, time.time()) + self.post_grace:
+            # A request Canvas is still working on (the client gave up, the server did not)
+            # shows up only when it finishes: "absent" counts once it holds a while later.
+            recheck = self._absent_since[rec.id] + self.post_grace
+            log.info("Canvas shows no import of the earlier post yet; looking again in {:.0f}s before posting again", recheck - time.time())
+            self.journal.update(rec.id, next_attempt=recheck)
         else:
+            self._absent_since.pop(rec.id, None)
             delay = Backoff(self.cfg.canvas.retry_initial, self.cfg.canvas.retry_max, attempt=max(0, rec.attempts - 1)).next()
             log.info("Canvas has no import of the earlier post: posting again in {:.0f}s", delay)
             self.journal.transition(rec.id, State.QUEUED, "not in Canvas: post again", next_attempt=time.time() + delay)

@@ -72,7 +72,7 @@ class Drop:
         self.state_dir = root / "sisdrop" / ".sisdropd"
         self.config = root / "sisdropd.toml"
         self.sections: dict[str, dict[str, Any]] = {
-            "canvas": {"base_url": sim.url, "account_id": "1", "timeout": 5, "retry_initial": 0.2, "retry_max": 1.0},
+            "canvas": {"base_url": sim.url, "account_id": "1", "timeout": 2, "retry_initial": 0.2, "retry_max": 1.0},
             "folders": {"root": str(root / "sisdrop")},
             "import": {"import_type": "instructure_csv"},
             "watch": {"settle_seconds": 0.5, "poll_interval": 0.3, "max_wait": 60, "rescan_interval": 5},
