@@ -24,6 +24,15 @@ def _err(msg: str) -> None:
     print(f"sisdropd: {clean(msg)}", file=sys.stderr)
 
 
+def _fatal(msg: str, detached: bool) -> None:
+    """A start-up failure: on stderr, and in the log file when stderr is gone (detached)."""
+    if detached:
+        from loguru import logger
+
+        logger.error("{}", msg)
+    _err(msg)
+
+
 def _config(args: argparse.Namespace) -> Config:
     return load(resolve_path(getattr(args, "config", None)))
 
@@ -42,7 +51,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     token = _token(cfg)
+    if args.detach and not args.pidfile:
+        _err("--detach needs --pidfile PATH")
+        return EXIT_USAGE
     if args.detach:
+        # Refuse here, on the terminal that asked, what would make the detached child exit.
+        from sisdropd.daemon import AlreadyRunning, lock, make_folders
+
+        try:
+            lock(make_folders(cfg)["state_dir"]).close()
+        except AlreadyRunning as e:
+            _err(str(e))
+            return EXIT_FAILED
+        except OSError as e:
+            _err(f"cannot prepare the folders: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
+            return EXIT_USAGE
         import dataclasses
 
         from sisdropd.detach import detach
@@ -55,10 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         daemon = Daemon(cfg, token)
     except AlreadyRunning as e:
-        _err(str(e))
+        _fatal(str(e), args.detach)
         return EXIT_FAILED
     except OSError as e:
-        _err(f"cannot prepare the folders: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
+        _fatal(f"cannot prepare the folders: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", args.detach)
         return EXIT_USAGE
     daemon.install_signals()
     code = daemon.run()

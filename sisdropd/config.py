@@ -13,7 +13,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -182,10 +182,29 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
     cfg = Config(**built, source=source) if not problems else None
     if cfg is not None:
         problems.extend(_check_values(cfg))
+        cfg = _absolute(cfg)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None
     return cfg
+
+
+def _absolute(cfg: Config) -> Config:
+    """Every path made absolute now, so a daemon that later changes its working directory
+    (``--detach`` goes to /) still means the same folders."""
+
+    def fix(value: str | None) -> str | None:
+        return str(Path(value).expanduser().absolute()) if value else value
+
+    f = cfg.folders
+    folders = replace(f, **{n: fix(getattr(f, n)) for n in ("root", "inbox", "processing", "done", "failed", "held", "state_dir")})
+    return replace(
+        cfg,
+        folders=folders,
+        canvas=replace(cfg.canvas, token_file=fix(cfg.canvas.token_file), ca_bundle=fix(cfg.canvas.ca_bundle)),
+        log=replace(cfg.log, file=fix(cfg.log.file)),
+        metrics=replace(cfg.metrics, textfile=fix(cfg.metrics.textfile)),
+    )
 
 
 def _import_params(value: dict[str, Any], problems: list[str]) -> dict[str, Any]:

@@ -120,10 +120,22 @@ class FileRecord:
 class Journal:
     """The journal at ``<state_dir>/journal.sqlite3``; safe to share between threads."""
 
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        """Open (and create, unless ``readonly``) the journal in ``state_dir``.
+
+        ``readonly`` is for ``status`` run by an operator who may only read the file: no
+        schema, no pragma that writes. Raises ``sqlite3.OperationalError`` if it cannot.
+        """
         self.path = state_dir / "journal.sqlite3"
         self._lock = threading.RLock()
+        if readonly:
+            self._db = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=30000")
+            return
+        state_dir.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )

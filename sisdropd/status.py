@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,7 +80,12 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
         else:
             _out(f"no journal yet in {state_dir}: the daemon has not run with this config")
         return 0
-    j = Journal(state_dir)
+    try:
+        j = Journal(state_dir, readonly=True)
+        j.meta("schema_version")  # touch it: a permission problem shows here
+    except sqlite3.Error as e:
+        _out(f"cannot read the journal {state_dir / 'journal.sqlite3'}: {e} (run as the daemon's user, e.g. sudo -u sisdropd sisdropd status)")
+        return 1
     try:
         open_recs = j.open_records()
         queued = sorted((r for r in open_recs if r.state == State.QUEUED), key=lambda r: (r.mtime or 0, r.original_name))
