@@ -27,6 +27,8 @@ from sisdropd.canvas import CanvasClient
 from sisdropd.config import Config
 from sisdropd.journal import Journal
 from sisdropd.logs import reopen
+from sisdropd.metrics import Metrics
+from sisdropd.notify import Notifier
 from sisdropd.watcher import Watcher
 from sisdropd.worker import Worker
 
@@ -103,7 +105,10 @@ class Daemon:
             c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
             retry_initial=c.retry_initial, retry_max=c.retry_max, stop=self.stop,
         )
-        self.worker = Worker(cfg, self.journal, self.client, self.stop)
+        self.notifier = Notifier(cfg.notify, ca_bundle=c.ca_bundle)
+        self.metrics = Metrics(cfg.metrics.textfile)
+        self.worker = Worker(cfg, self.journal, self.client, self.stop, notifier=self.notifier)
+        self._stuck_notified: set[int] = set()
         w = cfg.watch
         self.watcher = Watcher(
             self.folders["inbox"], self.worker.claim, extensions=w.extensions,
@@ -144,7 +149,51 @@ class Daemon:
                 last_status = status
             if usec and self.healthy():
                 sd_notify("WATCHDOG=1")
+            self.watch_stuck()
+            self.publish()
         return self.shutdown()
+
+    def watch_stuck(self) -> None:
+        """Warn (and notify "stuck") once when an import runs longer than ``stuck_after``."""
+        rec = self.worker.in_flight()
+        if rec is None or rec.import_id is None or rec.import_id in self._stuck_notified or not rec.post_started:
+            return
+        running = time.time() - rec.post_started
+        if running < self.cfg.notify.stuck_after:
+            return
+        self._stuck_notified.add(rec.import_id)
+        logger.bind(file=rec.original_name, import_id=rec.import_id).warning(
+            "import still {} after {:.0f}s (notify.stuck_after {:g}s)", rec.workflow_state, running, self.cfg.notify.stuck_after
+        )
+        self.notifier.send(
+            "stuck",
+            {"file": rec.original_name, "import_id": rec.import_id, "state": rec.workflow_state,
+             "reason": f"running for {running:.0f}s", "running_seconds": round(running)},
+        )
+
+    def publish(self) -> None:
+        """Refresh the metrics from the journal and the threads, and write the textfile."""
+        if not self.cfg.metrics.textfile:
+            return
+        m = self.metrics
+        by_state, by_ws = self.journal.totals()
+        for outcome in ("done", "failed", "held", "lost"):
+            m.set("sisdropd_files_total", by_state.get(outcome, 0), {"outcome": outcome})
+        for ws, n in by_ws.items():
+            m.set("sisdropd_imports_total", n, {"state": ws})
+        for cause, n in self.client.retries.items():
+            m.set("sisdropd_retries_total", n, {"cause": cause})
+        m.set("sisdropd_notifications_failed_total", self.notifier.failures)
+        m.set("sisdropd_queue_length", by_state.get("queued", 0))
+        m.set("sisdropd_held_files", by_state.get("held", 0))
+        m.set("sisdropd_paused", 1 if self.paused.is_set() else 0)
+        rec = self.worker.in_flight()
+        running = time.time() - rec.post_started if rec is not None and rec.post_started and rec.import_id else 0
+        m.set("sisdropd_current_import_seconds", round(running, 1))
+        last = self.journal.last_success()
+        if last:
+            m.set("sisdropd_last_success_timestamp_seconds", round(last, 3))
+        m.write()
 
     def healthy(self) -> bool:
         """The threads are alive and the worker is not wedged (it wakes at least every 5 s)."""
@@ -159,6 +208,11 @@ class Daemon:
         self.watcher.stop()
         self.worker.wake.set()
         self.worker.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self.metrics:
+            self.publish()
+            self.metrics.set("sisdropd_up", 0)
+            self.metrics.write()
+        self.notifier.close(timeout=max(0.1, deadline - time.monotonic()))
         if self.worker.is_alive():
             logger.warning("the worker did not stop in time; exiting anyway (the journal has its place)")
             return 0

@@ -217,6 +217,27 @@ class Journal:
             rows = self._db.execute("SELECT import_id FROM files WHERE import_id IS NOT NULL")
             return {r[0] for r in rows}
 
+    def totals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Files by final state, and finished imports by Canvas workflow_state, over all time.
+
+        The metrics' counters are derived from the journal, so a restart never resets them.
+        """
+        with self._lock:
+            by_state = dict(self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
+            by_ws = dict(
+                self._db.execute(
+                    "SELECT workflow_state, COUNT(*) FROM files WHERE import_id IS NOT NULL"
+                    " AND workflow_state IS NOT NULL AND state IN ('done', 'failed') GROUP BY workflow_state"
+                ).fetchall()
+            )
+        return by_state, by_ws
+
+    def last_success(self) -> float | None:
+        """When the last file reached done/ (epoch seconds), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(updated) FROM files WHERE state = 'done'").fetchone()
+        return row[0] if row and row[0] else None
+
     def events(self, file_id: int) -> list[tuple[str | None, str, str | None]]:
         with self._lock:
             rows = self._db.execute(

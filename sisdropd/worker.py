@@ -47,6 +47,7 @@ from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import State, route
 from sisdropd.logs import add_secret
 from sisdropd.logs import event as log_event
+from sisdropd.notify import Notifier
 
 SIDECAR_KEYS_VERSION = 1
 
@@ -67,7 +68,10 @@ def sha256_of(path: Path) -> str:
 class Worker(threading.Thread):
     """Imports taken files one at a time. ``stop`` ends it at the next checkpoint."""
 
-    def __init__(self, cfg: Config, journal: Journal, client: CanvasClient, stop: threading.Event) -> None:
+    def __init__(
+        self, cfg: Config, journal: Journal, client: CanvasClient, stop: threading.Event,
+        notifier: Notifier | None = None,
+    ) -> None:
         super().__init__(name="worker", daemon=True)
         self.cfg = cfg
         self.journal = journal
@@ -77,6 +81,7 @@ class Worker(threading.Thread):
         self.folders = {n: cfg.folders.path(n) for n in ("inbox", "processing", "done", "failed", "held")}
         self.auth_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
         self.error_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
+        self.notifier = notifier
         self.current: FileRecord | None = None
         # How long a post that got no answer may still be turning into an import at Canvas.
         self.post_grace = 2 * cfg.canvas.timeout
@@ -419,6 +424,27 @@ class Worker(threading.Thread):
             log.success("{}", line)
         else:
             log.error("{}", line)
+        self._notify_outcome(rec, dest_state, dest_dir)
+
+    def _notify_outcome(self, rec: FileRecord, dest_state: State, dest_dir: Path) -> None:
+        if self.notifier is None:
+            return
+        counts = ((rec.sis_import or {}).get("data") or {}).get("counts") or {}
+        payload = {
+            "file": rec.original_name,
+            "import_id": rec.import_id,
+            "state": rec.workflow_state,
+            "reason": rec.outcome_reason,
+            "sidecar": str(dest_dir / f"{rec.stored_name}.json"),
+            "path": str(dest_dir / rec.stored_name),
+            "counts": counts,
+        }
+        if dest_state == State.FAILED:
+            self.notifier.send("failed", payload)
+            return
+        self.notifier.send("done", payload)
+        if counts.get("warning_count") or counts.get("error_count") or rec.workflow_state == "imported_with_messages":
+            self.notifier.send("warnings", {**payload, "warnings": ((rec.sis_import or {}).get("processing_warnings") or [])[:25]})
 
     def _save_errors_file(self, rec: FileRecord, dest_dir: Path) -> str | None:
         att = (rec.sis_import or {}).get("errors_attachment") or {}
@@ -486,6 +512,16 @@ class Worker(threading.Thread):
             return
         add_secret(token)
         self.client.set_token(token)
+
+    def in_flight(self) -> FileRecord | None:
+        """The record the worker is on, as the journal has it now (fresh, not the loop's copy)."""
+        rec = self.current
+        if rec is None:
+            return None
+        try:
+            return self.journal.get(rec.id)
+        except KeyError:
+            return None
 
     def snapshot(self) -> str:
         """One line for systemd's STATUS=: the queue and the import in flight."""
