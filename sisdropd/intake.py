@@ -3,12 +3,14 @@
 ``eligible`` is the contract's point 1 (what in inbox/ is ours). ``stored_name`` gives a
 taken file the name it keeps in processing/, done/ and failed/: a UTC timestamp and a
 random tag before the original name, so the name ends with the original, sorts by time,
-and never collides. ``move`` never overwrites and survives a crash at any instant (a hard
-link then an unlink on one filesystem; copy, fsync, then unlink across filesystems).
+and never collides. ``move`` never overwrites and survives a crash at any instant (one atomic
+``renameat2(RENAME_NOREPLACE)`` where Linux offers it, else a hard link then an unlink;
+copy, fsync, then unlink across filesystems).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -17,6 +19,7 @@ import shutil
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 TEMP_SUFFIXES = (".part", ".filepart", ".tmp", ".partial")
 NAME_MAX = 255  # bytes, the usual filesystem limit for one name
@@ -97,6 +100,10 @@ def move(src: Path, dst: Path) -> None:
             fsync_dir(src.parent)
             return
         raise FileExistsError(errno.EEXIST, "destination exists and is another file", str(dst))
+    if _rename_noreplace(src, dst):
+        fsync_dir(dst.parent)
+        fsync_dir(src.parent)
+        return
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError as e:
@@ -107,6 +114,37 @@ def move(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
     os.unlink(src)
     fsync_dir(src.parent)
+
+
+def _load_renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """One atomic rename that fails rather than overwrite (Linux renameat2).
+
+    Returns False when the system or filesystem cannot do it (then link + unlink is used);
+    raises FileExistsError if ``dst`` exists, OSError for other failures.
+    """
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):
+        return False  # not supported here, or another filesystem: the slower paths handle it
+    raise OSError(err, os.strerror(err), str(dst))
 
 
 def _copy_then_unlink(src: Path, dst: Path, s: os.stat_result) -> None:
