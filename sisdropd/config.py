@@ -70,6 +70,8 @@ class WatchConfig:
     rescan_interval: float = 60.0  # a full listing of inbox/ backs up the events
     validate: bool = True  # the pre-flight content check; off for import types it cannot read
     max_bytes: int = 20 * 1024**3
+    marker: str | None = None  # e.g. ".ok": take users.csv only once users.csv.ok exists
+    truncated_after: float = 3600.0  # a file that looks cut short waits this long, then failed/; 0 = no check
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,9 @@ def _check_values(cfg: Config) -> list[str]:
     ):
         out.append("folders.root: missing (or give inbox, processing, done, failed, state_dir)")
     w = cfg.watch
-    for key in ("settle_seconds", "rescan_interval"):
+    if w.marker is not None and (not w.marker.startswith(".") or "/" in w.marker or len(w.marker) < 2):
+        out.append(f"watch.marker: a suffix like \".ok\", got {w.marker!r}")
+    for key in ("settle_seconds", "rescan_interval", "truncated_after"):
         if getattr(w, key) < 0:
             out.append(f"watch.{key}: must not be negative")
     for key in ("poll_interval", "max_wait"):

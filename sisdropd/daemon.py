@@ -113,7 +113,7 @@ class Daemon:
         self.watcher = Watcher(
             self.folders["inbox"], self.worker.claim, extensions=w.extensions,
             settle_seconds=w.settle_seconds, polling=w.polling, rescan_interval=w.rescan_interval,
-            paused=self.paused.is_set, on_taken=self.worker.wake.set,
+            paused=self.paused.is_set, on_taken=self.worker.wake.set, marker=w.marker,
         )
 
     def install_signals(self) -> None:

@@ -82,6 +82,7 @@ class Watcher:
         paused: Callable[[], bool] = lambda: False,
         on_taken: Callable[[], None] = lambda: None,
         polling_interval: float = 2.0,
+        marker: str | None = None,
     ) -> None:
         self.inbox = inbox
         self.take = take
@@ -91,6 +92,7 @@ class Watcher:
         self.rescan_interval = rescan_interval
         self.paused = paused
         self.on_taken = on_taken
+        self.marker = marker
         self.polling_interval = polling_interval
         self._cands: dict[str, _Candidate] = {}
         self._lock = threading.Lock()
@@ -129,6 +131,8 @@ class Watcher:
     def touch(self, path: str) -> None:
         """An event named ``path``: consider it if it is an eligible name directly in inbox/."""
         p = Path(path)
+        if self.marker and p.name.endswith(self.marker):
+            p = p.with_name(p.name[: -len(self.marker)])  # a marker arrived: look at its file
         if p.parent != self.inbox or not eligible(p.name, self.extensions):
             return
         with self._lock:
@@ -218,6 +222,8 @@ class Watcher:
             if now < due:
                 next_due = min(next_due, due)
                 continue
+            if self.marker and not os.path.lexists(self.inbox / (name + self.marker)):
+                continue  # settled, but the sender has not said it is complete: wait for the marker
             if not paused:
                 settled.append((st.st_mtime_ns, name, path, st, cand))
         # Take what settled together oldest first, then tell the worker once: files that
@@ -233,6 +239,11 @@ class Watcher:
             if taken:
                 self._forget(name)
                 taken_any = True
+                if self.marker:
+                    try:
+                        os.unlink(self.inbox / (name + self.marker))
+                    except OSError:
+                        pass
             else:
                 cand.retry_at = now + max(1.0, self.settle)
                 next_due = min(next_due, cand.retry_at)

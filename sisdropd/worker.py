@@ -82,6 +82,7 @@ class Worker(threading.Thread):
         self.auth_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
         self.error_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
         self.notifier = notifier
+        self._truncated: dict[str, tuple[tuple[int, int, int], float]] = {}  # name -> (signature, since)
         self.current: FileRecord | None = None
         # How long a post that got no answer may still be turning into an import at Canvas.
         self.post_grace = 2 * cfg.canvas.timeout
@@ -97,6 +98,9 @@ class Worker(threading.Thread):
         name = path.name
         stored = stored_name(name)
         dest = self.folders["processing"] / stored
+        truncated = self._truncated_verdict(path, st)
+        if truncated == "wait":
+            return False
         try:
             now = os.lstat(path)
             if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
@@ -110,10 +114,41 @@ class Worker(threading.Thread):
         fsync_dir(path.parent)
         fsync_dir(dest.parent)
         crashpoint("claimed")
-        self.journal.add(original_name=name, stored_name=stored, size=st.st_size, mtime=st.st_mtime)
+        file_id = self.journal.add(original_name=name, stored_name=stored, size=st.st_size, mtime=st.st_mtime)
         kind = "" if stat.S_ISREG(st.st_mode) else " (not a regular file)"
         log_event(name).info("taken{}: {} bytes -> processing/{}", kind, st.st_size, stored)
+        if truncated:
+            reason = f"looks truncated ({truncated}) and did not change for {self.cfg.watch.truncated_after:g}s"
+            log_event(name).error("{}: not posted", reason)
+            self.journal.transition(
+                file_id, State.FINISHING, "truncated", outcome="failed", outcome_reason=reason,
+                problems=[f"{name}: {reason}"], finished_at=utcnow(), sha256=_maybe_sha(dest),
+            )
         return True  # the watcher wakes the worker once per batch (on_taken)
+
+    def _truncated_verdict(self, path: Path, st: os.stat_result) -> str | None:
+        """None: looks whole, take it. "wait": looks cut short, leave it in the inbox.
+        Any other text: still cut short after ``truncated_after``; take it to fail it."""
+        limit = self.cfg.watch.truncated_after
+        if limit <= 0:
+            return None
+        why = preflight.looks_truncated(path)
+        key = path.name
+        if why is None:
+            self._truncated.pop(key, None)
+            return None
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        seen = self._truncated.get(key)
+        if seen is None or seen[0] != sig:
+            self._truncated[key] = (sig, time.monotonic())
+            log_event(key).warning(
+                "looks truncated ({}): waiting for it to change (sent to failed/ after {:g}s unchanged)", why, limit
+            )
+            return "wait"
+        if time.monotonic() - seen[1] < limit:
+            return "wait"
+        self._truncated.pop(key, None)
+        return why
 
     # -- start-up ------------------------------------------------------------------------
     def recover(self) -> None:

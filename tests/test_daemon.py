@@ -272,3 +272,33 @@ def test_many_files_in_quick_succession(drop: Drop, daemon) -> None:
     wait_for(lambda: len(drop.outcomes("done")) == 12, timeout=60, what="12 done")
     assert len(drop.sim.imports()) == 12
     assert len({i["sha256"] for i in drop.sim.imports()}) == 12
+
+
+def test_truncated_csv_waits_then_fails_and_a_complete_reupload_is_taken(drop: Drop, daemon) -> None:
+    drop.write(watch={"truncated_after": 2.5})
+    d = daemon()
+    full = (USERS + "u3,grace,Grace,Hopper,active\n").encode()
+    cut = full[:-12]  # the connection broke in the middle of the last row
+    (drop.inbox / "users.csv").write_bytes(cut)
+    wait_for(lambda: "users.csv: looks truncated (the last row has" in d.log(), what="truncation noticed")
+    assert drop.sim.imports() == [] and (drop.inbox / "users.csv").exists()
+    (drop.inbox / "users.csv").write_bytes(full)  # the sender uploads it again, whole
+    [done] = wait_for(lambda: drop.outcomes("done"), what="complete upload done")
+    assert done.read_bytes() == full and [i["sha256"] for i in drop.sim.imports()] == [sha(full)]
+    (drop.inbox / "term.zip").write_bytes(b"PK\x03\x04" + b"\0" * 100)  # a zip cut before its directory
+    [failed] = wait_for(lambda: drop.outcomes("failed"), timeout=20, what="truncated zip failed")
+    side = drop.sidecar(failed)
+    assert side["reason"].startswith("looks truncated (no end-of-central-directory record")
+    assert len(drop.sim.imports()) == 1
+
+
+def test_marker_handshake(drop: Drop, daemon) -> None:
+    drop.write(watch={"marker": ".ok"})
+    daemon()
+    (drop.inbox / "users.csv").write_text(USERS)
+    time.sleep(1.5)  # longer than settle: without its marker the file must still be waiting
+    assert (drop.inbox / "users.csv").exists() and drop.sim.imports() == []
+    (drop.inbox / "users.csv.ok").write_bytes(b"")
+    [done] = wait_for(lambda: drop.outcomes("done"), what="taken after the marker")
+    assert done.read_text() == USERS
+    wait_for(lambda: not (drop.inbox / "users.csv.ok").exists(), what="marker removed")
