@@ -145,6 +145,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo(keep=args.keep)
 
 
+def cmd_control(args: argparse.Namespace) -> int:
+    from sisdropd import control
+
+    cfg = _config(args)
+    c = args.command
+    if c in ("release", "discard", "retry"):
+        return int(getattr(control, c)(cfg, args.name))
+    if c in ("pause", "resume"):
+        return control.pause(cfg, c == "pause")
+    return control.abort(cfg, _token(cfg))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sisdropd",
@@ -179,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--import-type", metavar="TYPE", help="judge as this import type (default: the config's, else instructure_csv)")
 
     add("check", cmd_check, "check the config, folders, permissions and the token against Canvas")
+
+    for name, help_ in (
+        ("release", "a held file goes back to the queue, its counts accepted"),
+        ("discard", "a held file goes to failed/ (\"discarded by operator\")"),
+        ("retry", "a file in failed/ goes back to the queue; its old sidecar is kept"),
+    ):
+        sp = add(name, cmd_control, help_)
+        sp.add_argument("name", metavar="NAME", help="the original file name, or its name in held/ or failed/")
+    add("pause", cmd_control, "stop taking new files (an import in flight finishes)")
+    add("resume", cmd_control, "take new files again")
+    add("abort", cmd_control, "abort the import in flight in Canvas")
 
     sp = add("fake-canvas", cmd_fake_canvas, "the bundled Canvas SIS-import simulator", config=False)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

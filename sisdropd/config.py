@@ -8,8 +8,10 @@ repr, and is read by ``read_token`` in the contract's order.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -101,6 +103,31 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    max_drop_percent: float | Mapping[str, float] = 10.0  # or per CSV type: {users = 5, default = 10}
+    all_imports: bool = False  # true: guard every import, not only batch_mode and diffing ones
+    max_silence: float = 0.0  # seconds without a new file before a stale-feed alert; 0 = off
+    name_strip: str = r"[0-9]+"  # removed from a file's name to name its data set
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ``[[rules]]`` entry: files whose name matches get ``import_params`` over [import]."""
+
+    pattern: re.Pattern[str]
+    import_params: Mapping[str, Any]
+    source: str  # the pattern as written, for logs
+
+    def params_for(self, name: str) -> dict[str, Any] | None:
+        """The import parameters for ``name``, with {group} filled in; None if no match."""
+        m = self.pattern.fullmatch(name)
+        if m is None:
+            return None
+        groups = {k: v or "" for k, v in m.groupdict().items()}
+        return {k: (v.format(**groups) if isinstance(v, str) else v) for k, v in self.import_params.items()}
+
+
+@dataclass(frozen=True)
 class Config:
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
     folders: FoldersConfig = field(default_factory=FoldersConfig)
@@ -111,7 +138,17 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    rules: tuple[Rule, ...] = ()
     source: str = "<defaults>"
+
+    def params_for(self, name: str) -> dict[str, Any]:
+        """The import parameters for a file: the first matching rule over [import]."""
+        for rule in self.rules:
+            extra = rule.params_for(name)
+            if extra is not None:
+                return {**self.import_params, **extra}
+        return dict(self.import_params)
 
     @property
     def import_type(self) -> str:
@@ -129,6 +166,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "notify": NotifyConfig,
     "metrics": MetricsConfig,
+    "guard": GuardConfig,
 }
 _LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -170,6 +208,8 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
                 problems.append("import: expected a table")
                 continue
             built["import_params"] = _import_params(value, problems)
+        elif key == "rules":
+            built["rules"] = _rules(value, {"import_type": "instructure_csv", **raw.get("import", {})}, problems)
         elif key in _SECTIONS:
             if not isinstance(value, dict):
                 problems.append(f"{key}: expected a table")
@@ -209,6 +249,48 @@ def _absolute(cfg: Config) -> Config:
     )
 
 
+def _rules(value: Any, base: dict[str, Any], problems: list[str]) -> tuple[Rule, ...]:
+    from sisdropd import preflight
+
+    if not isinstance(value, list):
+        problems.append("rules: expected [[rules]] entries")
+        return ()
+    out = []
+    for i, entry in enumerate(value):
+        where = f"rules[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected a table")
+            continue
+        unknown = set(entry) - {"match", "glob", "import"}
+        if unknown:
+            problems.append(f"{where}.{sorted(unknown)[0]}: unknown key (known: match, glob, import)")
+        if ("match" in entry) == ("glob" in entry):
+            problems.append(f"{where}: give exactly one of match (a regular expression) or glob")
+            continue
+        src = entry.get("match") or entry.get("glob")
+        if not isinstance(src, str):
+            problems.append(f"{where}: the pattern must be a string")
+            continue
+        try:
+            pattern = re.compile(src if "match" in entry else fnmatch.translate(src))
+        except re.error as e:
+            problems.append(f"{where}.match: not a regular expression: {e}")
+            continue
+        params = entry.get("import", {})
+        if not isinstance(params, dict):
+            problems.append(f"{where}.import: expected a table")
+            continue
+        # Check the merged parameters with every {group} filled by a placeholder.
+        sample = {k: (re.sub(r"\{\w+\}", "X", v) if isinstance(v, str) else v) for k, v in params.items()}
+        for msg in preflight.check_import_params({**base, **sample}):
+            problems.append(f"{where}: {msg}")
+        missing = {g for v in params.values() if isinstance(v, str) for g in re.findall(r"\{(\w+)\}", v)} - set(pattern.groupindex)
+        if missing:
+            problems.append(f"{where}.import: {{{sorted(missing)[0]}}} is not a named group of the pattern")
+        out.append(Rule(pattern, params, src))
+    return tuple(out)
+
+
 def _import_params(value: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     from sisdropd import preflight  # the rules for Canvas's create parameters live there
 
@@ -227,6 +309,18 @@ def _section(name: str, cls: type, value: dict[str, Any], problems: list[str]) -
             problems.append(f"{where}: unknown key (known: {', '.join(kinds)})")
             continue
         typ = str(f.type)
+        if typ.startswith("float | Mapping"):
+            if isinstance(v, dict):
+                ok = all(isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 100 for x in v.values())
+                v = {str(k): float(x) for k, x in v.items()} if ok else v
+            else:
+                ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100
+                v = float(v) if ok else v
+            if not ok:
+                problems.append(f"{where}: expected a percentage 0-100, or a table of them per CSV type, got {v!r}")
+                continue
+            kwargs[key] = v
+            continue
         if typ == "bool":
             ok = isinstance(v, bool)
         elif typ == "int":
@@ -286,6 +380,12 @@ def _check_values(cfg: Config) -> list[str]:
     bad_ext = [e for e in w.extensions if not e or "." in e or "/" in e]
     if bad_ext or not w.extensions:
         out.append(f"watch.extensions: give bare extensions like [\"csv\", \"zip\"], got {list(w.extensions)}")
+    try:
+        re.compile(cfg.guard.name_strip)
+    except re.error as e:
+        out.append(f"guard.name_strip: not a regular expression: {e}")
+    if cfg.guard.max_silence < 0:
+        out.append("guard.max_silence: must not be negative")
     bad_events = [e for e in cfg.notify.events if e not in NOTIFY_EVENTS]
     if bad_events:
         out.append(f"notify.events: unknown {bad_events} (known: {', '.join(NOTIFY_EVENTS)})")

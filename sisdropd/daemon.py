@@ -96,6 +96,7 @@ class Daemon:
         self.cfg = cfg
         self.stop = stop or threading.Event()
         self.hup = threading.Event()
+        self.tick = threading.Event()  # SIGUSR1 from an operator command: act now
         self.paused = threading.Event()
         self.folders = make_folders(cfg)
         self._lock = lock(self.folders["state_dir"])
@@ -109,6 +110,10 @@ class Daemon:
         self.metrics = Metrics(cfg.metrics.textfile)
         self.worker = Worker(cfg, self.journal, self.client, self.stop, notifier=self.notifier)
         self._stuck_notified: set[int] = set()
+        self._stale: float | None = None  # when the alerted silence began, while it lasts
+        self.started = time.time()
+        if (self.folders["state_dir"] / "paused").exists():
+            self.paused.set()
         w = cfg.watch
         self.watcher = Watcher(
             self.folders["inbox"], self.worker.claim, extensions=w.extensions,
@@ -119,10 +124,16 @@ class Daemon:
     def install_signals(self) -> None:
         def on_stop(signum: int, _frame: object) -> None:
             self.stop.set()
+            self.tick.set()
+
+        def on_hup(signum: int, _frame: object) -> None:
+            self.hup.set()
+            self.tick.set()
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, lambda *_: self.hup.set())
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGUSR1, lambda *_: self.tick.set())
 
     def run(self) -> int:
         """Run until ``stop`` is set; returns the exit status (0)."""
@@ -139,7 +150,13 @@ class Daemon:
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         ping = usec / 2e6 if usec else 30.0
         last_status = ""
-        while not self.stop.wait(min(ping, 5.0)):
+        self.started = time.time()
+        while True:
+            self.tick.wait(min(ping, 5.0))
+            self.tick.clear()
+            if self.stop.is_set():
+                break
+            self.operator_requests()
             if self.hup.is_set():
                 self.hup.clear()
                 reopen()
@@ -152,6 +169,35 @@ class Daemon:
             self.watch_stuck()
             self.publish()
         return self.shutdown()
+
+    def operator_requests(self) -> None:
+        """Log each operator command since the last tick, follow pause/resume, wake the threads."""
+        for rid, command, name, who, result in self.journal.unlogged_requests():
+            logger.bind(file=name).info("operator {} asked to {}: {}", who, command, result)
+            self.journal.mark_logged(rid)
+        now_paused = (self.folders["state_dir"] / "paused").exists()
+        if now_paused != self.paused.is_set():
+            (self.paused.set if now_paused else self.paused.clear)()
+            logger.warning("paused: no new files are taken") if now_paused else logger.info("resumed: taking new files")
+        self.worker.wake.set()
+        self.watcher.poke()
+        self.watch_silence()
+
+    def watch_silence(self) -> None:
+        """[guard] max_silence: one error (and a "stale" alert) when no file came for that long."""
+        limit = self.cfg.guard.max_silence
+        if limit <= 0:
+            return
+        last = max(self.journal.last_taken() or 0.0, self.started)
+        silent = time.time() - last
+        if self._stale is not None and last > self._stale:
+            self._stale = None  # a file came after the alert
+            logger.info("files are arriving again")
+        elif silent >= limit and self._stale is None:
+            self._stale = last
+            since = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(last))
+            logger.error("no new file for {:.0f}s (guard.max_silence {:g}s): is the SIS export running?", silent, limit)
+            self.notifier.send("stale", {"file": None, "import_id": None, "state": None, "reason": f"no new file since {since}", "silent_seconds": round(silent)})
 
     def watch_stuck(self) -> None:
         """Warn (and notify "stuck") once when an import runs longer than ``stuck_after``."""

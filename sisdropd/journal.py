@@ -25,7 +25,7 @@ from loguru import logger
 
 from sisdropd.lifecycle import CLOSED, OPEN, State, check
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS files (
     next_attempt REAL NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
+    guard_accepted INTEGER NOT NULL DEFAULT 0,
+    guard TEXT,
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
@@ -66,9 +68,29 @@ CREATE TABLE IF NOT EXISTS events (
     note TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS datasets (
+    key TEXT PRIMARY KEY,
+    counts TEXT NOT NULL,
+    file_id INTEGER,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    command TEXT NOT NULL,
+    name TEXT,
+    who TEXT,
+    result TEXT,
+    logged INTEGER NOT NULL DEFAULT 0
+);
 """
+# Columns added after a journal was first created: (table, column, definition).
+_MIGRATIONS = (
+    ("files", "guard_accepted", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "guard", "TEXT"),
+)
 
-_JSON_COLUMNS = ("members", "counts", "sis_import", "problems")
+_JSON_COLUMNS = ("members", "counts", "sis_import", "problems", "guard")
 
 
 def utcnow() -> str:
@@ -105,6 +127,8 @@ class FileRecord:
     next_attempt: float
     attempts: int
     last_error: str | None
+    guard_accepted: int
+    guard: dict[str, Any] | None
     updated: float
 
     @classmethod
@@ -147,8 +171,12 @@ class Journal:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
+            for table, column, definition in _MIGRATIONS:
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
 
@@ -213,9 +241,18 @@ class Journal:
         )
 
     def known_import_ids(self) -> set[int]:
+        """Import ids that belong to a file (or did, before a retry): never another post's."""
         with self._lock:
             rows = self._db.execute("SELECT import_id FROM files WHERE import_id IS NOT NULL")
-            return {r[0] for r in rows}
+            ids = {r[0] for r in rows}
+        return ids | set(json.loads(self.meta("retired_import_ids") or "[]"))
+
+    def retire_import_id(self, import_id: int) -> None:
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'retired_import_ids'").fetchone()
+            ids = set(json.loads(row[0])) if row else set()
+            ids.add(import_id)
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('retired_import_ids', ?)", (json.dumps(sorted(ids)),))
 
     def totals(self) -> tuple[dict[str, int], dict[str, int]]:
         """Files by final state, and finished imports by Canvas workflow_state, over all time.
@@ -237,6 +274,48 @@ class Journal:
         with self._lock:
             row = self._db.execute("SELECT MAX(updated) FROM files WHERE state = 'done'").fetchone()
         return row[0] if row and row[0] else None
+
+    def dataset_counts(self, key: str) -> dict[str, int] | None:
+        """Row counts per CSV type of the last successful import of data set ``key``."""
+        with self._lock:
+            row = self._db.execute("SELECT counts FROM datasets WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_dataset_counts(self, key: str, counts: dict[str, int], file_id: int) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO datasets(key, counts, file_id, updated) VALUES (?, ?, ?, ?)",
+                (key, json.dumps(counts), file_id, time.time()),
+            )
+
+    def add_request(self, command: str, name: str | None, who: str, result: str) -> None:
+        """Record an operator's command, for the daemon to log (it reads them each tick)."""
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO requests(at, command, name, who, result) VALUES (?, ?, ?, ?, ?)",
+                (utcnow(), command, name, who, result),
+            )
+
+    def unlogged_requests(self) -> list[tuple[int, str, str | None, str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, command, name, who, result FROM requests WHERE logged = 0 ORDER BY id"
+            ).fetchall()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def mark_logged(self, request_id: int) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE requests SET logged = 1 WHERE id = ?", (request_id,))
+
+    def last_taken(self) -> float | None:
+        """When the newest file was taken (epoch seconds from its row), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(taken_at) FROM files").fetchone()
+        if not row or not row[0]:
+            return None
+        from datetime import datetime
+
+        return datetime.fromisoformat(row[0].replace("Z", "+00:00")).timestamp()
 
     def events(self, file_id: int) -> list[tuple[str | None, str, str | None]]:
         with self._lock:

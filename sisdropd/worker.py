@@ -28,7 +28,7 @@ from typing import Any
 
 from loguru import logger
 
-from sisdropd import __version__, importer, preflight
+from sisdropd import __version__, guard, importer, preflight
 from sisdropd.canvas import (
     Backoff,
     CanvasClient,
@@ -156,11 +156,20 @@ class Worker(threading.Thread):
         records = self.journal.open_records()
         known = {r.stored_name for r in records}
         proc = self.folders["processing"]
+        for rec in self.journal.in_states({State.HELD}):
+            if os.path.lexists(proc / rec.stored_name) and not os.path.lexists(self.folders["held"] / rec.stored_name):
+                self._park_held(rec)  # the hold was journaled, the move not yet done
+                known.add(rec.stored_name)
         for entry in sorted(os.scandir(proc), key=lambda e: e.name):
             if entry.name.startswith(".") or entry.name in known:
                 continue
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
+                continue
+            back = self.journal.find_by_name(entry.name, {State.HELD, State.FAILED})
+            if back:  # a release or retry moved the file back, then stopped before journaling
+                accepted = 1 if back[0].state == State.HELD else back[0].guard_accepted
+                self.journal.transition(back[0].id, State.QUEUED, "requeued (completed after restart)", guard_accepted=accepted, next_attempt=0)
                 continue
             self.journal.add(original_name=original_name(entry.name), stored_name=entry.name, size=st.st_size, mtime=st.st_mtime)
             log_event(original_name(entry.name)).warning("found in processing/ with no record: taken again")
@@ -240,10 +249,11 @@ class Worker(threading.Thread):
             log.error("the file vanished from processing/ before it was posted; record closed")
             return
         w = self.cfg.watch
+        params = self.cfg.params_for(rec.original_name)
         report = preflight.check_path(
             path,
             name=rec.original_name,
-            import_type=self.cfg.import_type,
+            import_type=str(params.get("import_type", "instructure_csv")),
             extensions=w.extensions,
             limits=preflight.Limits(max_bytes=w.max_bytes),
             validate_content=w.validate,
@@ -260,6 +270,12 @@ class Worker(threading.Thread):
                 problems=problems, finished_at=utcnow(), sha256=_maybe_sha(path), size=report.size,
             )
             return
+        if guard.applies(self.cfg.guard, params) and not rec.guard_accepted:
+            key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
+            verdict = guard.judge(self.cfg.guard, key, self.journal.dataset_counts(key), report.counts)
+            if verdict.hold:
+                self._hold(rec, verdict, report.counts)
+                return
         user_id = self._our_user_id(rec)
         if user_id is None:
             return
@@ -272,6 +288,36 @@ class Worker(threading.Thread):
         )
         crashpoint("before_post")
         self._post(rec)
+
+    def _hold(self, rec: FileRecord, verdict: guard.Verdict, counts: dict[str, int]) -> None:
+        """QUEUED -> HELD: the file waits in held/ for an operator (release or discard)."""
+        reason = f"held by the change guard: {verdict.why}"
+        info = {"dataset": verdict.dataset, "why": verdict.why, "counts": verdict.table()}
+        rec = self.journal.transition(
+            rec.id, State.HELD, "change guard", outcome_reason=reason, guard=info, counts=counts,
+            sha256=_maybe_sha(self._path(rec)),
+        )
+        self._park_held(rec)
+        log = self._log(rec)
+        log.warning("{}; it waits in held/ (sisdropd release {} / discard {})", reason, rec.original_name, rec.original_name)
+        for row in verdict.table():
+            log.warning(
+                "  {}: last import {} rows, this file {} rows ({}%)", row["type"], row["last_import"], row["this_file"],
+                "n/a" if row["change_percent"] is None else f"{row['change_percent']:+g}",
+            )
+        if self.notifier is not None:
+            self.notifier.send(
+                "held",
+                {"file": rec.original_name, "import_id": None, "state": None, "reason": reason,
+                 "sidecar": str(self.folders["held"] / f"{rec.stored_name}.json"), "counts": info["counts"]},
+            )
+
+    def _park_held(self, rec: FileRecord) -> None:
+        """Sidecar, then the move into held/ (idempotent: start-up finishes a half-done one)."""
+        held = self.folders["held"]
+        held.mkdir(parents=True, exist_ok=True)
+        write_atomic(held / f"{rec.stored_name}.json", self.sidecar(rec, None))
+        move(self._path(rec), held / rec.stored_name)
 
     def _our_user_id(self, rec: FileRecord) -> int | None:
         """The token's Canvas user id (cached), used to recognise our imports after a crash."""
@@ -289,10 +335,11 @@ class Worker(threading.Thread):
 
     def _post(self, rec: FileRecord) -> None:
         log = self._log(rec)
-        log.info("posting {} bytes as {} ({})", rec.size, rec.upload_name, _describe_params(self.cfg.import_params))
+        params = self.cfg.params_for(rec.original_name)
+        log.info("posting {} bytes as {} ({})", rec.size, rec.upload_name, _describe_params(params))
         started = time.monotonic()
         try:
-            imp = self.client.create_import(self._path(rec), upload_name=rec.upload_name or "", params=self.cfg.import_params)
+            imp = self.client.create_import(self._path(rec), upload_name=rec.upload_name or "", params=params)
         except Refused as e:
             reason = f"Canvas refused the import: {e.message}"
             log.error("{}", reason)
@@ -394,7 +441,10 @@ class Worker(threading.Thread):
         errors = imp.get("processing_errors") or []
         if dest == State.FAILED and errors:
             first = errors[0]
-            reason += ": " + (" ".join(str(x) for x in first if x) if isinstance(first, list) else str(first))
+            text = " ".join(str(x) for x in first if x) if isinstance(first, list) else str(first)
+            if state == "aborted" and "change_threshold" in text:
+                reason = "Canvas stopped the import because it would delete more than its change_threshold allows"
+            reason += ": " + text
         self.journal.transition(
             rec.id, State.FINISHING, state, outcome=str(dest), outcome_reason=reason + extra,
             sis_import=imp, workflow_state=state, progress=imp.get("progress"), finished_at=utcnow(),
@@ -430,6 +480,8 @@ class Worker(threading.Thread):
         dest_state = State(rec.outcome or "failed")
         dest_dir = self.folders[str(dest_state)]
         src, dst = self._path(rec), dest_dir / rec.stored_name
+        if not os.path.lexists(src) and os.path.lexists(self.folders["held"] / rec.stored_name):
+            src = self.folders["held"] / rec.stored_name  # discarded while held
         try:
             dest_dir.mkdir(parents=True, exist_ok=True)
             errors_file = rec.errors_file or self._save_errors_file(rec, dest_dir)
@@ -448,6 +500,9 @@ class Worker(threading.Thread):
             self.journal.update(rec.id, next_attempt=time.time() + delay, last_error=str(e)[:500])
             return
         rec = self.journal.transition(rec.id, dest_state, "moved", errors_file=errors_file)
+        if dest_state == State.DONE and rec.counts:
+            params = self.cfg.params_for(rec.original_name)
+            self.journal.set_dataset_counts(guard.dataset_key(self.cfg.guard, rec.original_name, params), rec.counts, rec.id)
         took = ""
         if rec.post_started and rec.sis_import:
             took = f" in {time.time() - rec.post_started:.1f}s"
@@ -511,7 +566,8 @@ class Worker(threading.Thread):
             "posted_at": rec.posted_at,
             "finished_at": rec.finished_at or utcnow(),
             "upload_name": rec.upload_name,
-            "import_params": dict(self.cfg.import_params),
+            "import_params": self.cfg.params_for(rec.original_name),
+            "guard": rec.guard,
             "local_counts": rec.counts,
             "canvas_counts": ((rec.sis_import or {}).get("data") or {}).get("counts"),
             "errors_file": errors_file,
