@@ -22,7 +22,6 @@ short version in CI.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
