@@ -45,16 +45,22 @@ def eligible(name: str, extensions: tuple[str, ...] | list[str]) -> bool:
 def stored_name(original: str, now: datetime | None = None) -> str:
     """``<UTC timestamp>-<6 hex>-<original>``, short enough that it and its sidecar fit.
 
-    The name always ends with the original name; when the original is itself too long to
-    take a prefix, the prefix shrinks to the random tag, then to nothing.
+    The name ends with the original name; when the original is too long for a prefix,
+    the prefix shrinks to the random tag; an original longer than the filesystem allows
+    beside its ``.errors.csv`` keeps its last bytes only.
     """
     when = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     tag = secrets.token_hex(3)
-    for prefix in (f"{when}-{tag}-", f"{tag}-", ""):
+    for prefix in (f"{when}-{tag}-", f"{tag}-"):
         candidate = prefix + original
         if len(os.fsencode(candidate)) <= NAME_MAX - ROOM:
             return candidate
-    return original
+    # Too long to keep whole beside its sidecar: keep its end (the extension included);
+    # the sidecar's original_name has it in full.
+    raw = os.fsencode(original)[-(NAME_MAX - ROOM - len(tag) - 1) :]
+    while raw and 0x80 <= raw[0] <= 0xBF:  # do not start inside a UTF-8 character
+        raw = raw[1:]
+    return f"{tag}-{os.fsdecode(raw)}"
 
 
 def original_name(stored: str) -> str:
@@ -149,7 +155,7 @@ def _rename_noreplace(src: Path, dst: Path) -> bool:
 
 def _copy_then_unlink(src: Path, dst: Path, s: os.stat_result) -> None:
     """Across filesystems: copy to a temporary name, fsync, rename into place, then unlink."""
-    tmp = dst.with_name(f".{dst.name[: NAME_MAX - 20]}.{secrets.token_hex(4)}.tmp")
+    tmp = dst.with_name(f".sisdropd-{secrets.token_hex(8)}.tmp")  # short: the real name may be 255 bytes
     if stat.S_ISLNK(s.st_mode):
         os.symlink(os.readlink(src), tmp)
     elif stat.S_ISREG(s.st_mode):
@@ -171,7 +177,7 @@ def _copy_then_unlink(src: Path, dst: Path, s: os.stat_result) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, fsync, rename: all or nothing."""
-    tmp = path.with_name(f".{path.name[: NAME_MAX - 20]}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".sisdropd-{secrets.token_hex(8)}.tmp")  # short: the real name may be 255 bytes
     with open(tmp, "xb") as f:
         f.write(data)
         f.flush()

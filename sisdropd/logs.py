@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import threading
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -73,6 +74,12 @@ def event(file: str | None = None, import_id: int | None = None, **extra: Any) -
 
 
 def _patch(record: Record) -> None:
+    exc = record["exception"]
+    if exc is not None and exc.type is not None:
+        # A traceback is text we did not write: redact it, and keep the event on one line.
+        tb = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+        record["message"] = f"{record['message']} | {tb.strip()}"
+        record["exception"] = None
     record["message"] = clean(record["message"])
     extra = record["extra"]
     for key, value in list(extra.items()):
@@ -92,8 +99,6 @@ def _patch(record: Record) -> None:
         "message": record["message"],
         **{k: v for k, v in extra.items() if k not in ("prefix", "priority", "json") and v is not None},
     }
-    if record["exception"] is not None:
-        doc["exception"] = clean(repr(record["exception"].value))
     extra["json"] = json.dumps(doc, ensure_ascii=False, default=str)
 
 

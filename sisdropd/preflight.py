@@ -961,9 +961,15 @@ def looks_truncated(path: Path) -> str | None:
         kind = _kind_of(path.name)
         if kind == "zip":
             os.lseek(fd, max(0, st.st_size - _TAIL), os.SEEK_SET)
-            if b"PK\x05\x06" not in os.read(fd, _TAIL):
-                return "no end-of-central-directory record at the end of the zip"
-            return None
+            tail = os.read(fd, _TAIL)
+            # The record is 22 bytes plus its comment, and must end exactly at the end of
+            # the file: a signature somewhere inside the data does not count.
+            at = tail.rfind(b"PK\x05\x06")
+            while at >= 0:
+                if len(tail) - at >= 22 and at + 22 + int.from_bytes(tail[at + 20 : at + 22], "little") == len(tail):
+                    return None
+                at = tail.rfind(b"PK\x05\x06", 0, at)
+            return "no end-of-central-directory record at the end of the zip"
         if kind != "csv":
             return None
         head = os.pread(fd, _CHUNK, 0)

@@ -131,15 +131,16 @@ class Watcher:
     def touch(self, path: str) -> None:
         """An event named ``path``: consider it if it is an eligible name directly in inbox/."""
         p = Path(path)
-        if self.marker and p.name.endswith(self.marker):
-            p = p.with_name(p.name[: -len(self.marker)])  # a marker arrived: look at its file
+        is_marker = bool(self.marker) and p.name.endswith(self.marker or "")
+        if is_marker:
+            p = p.with_name(p.name[: -len(self.marker or "")])  # a marker arrived: look at its file
         if p.parent != self.inbox or not eligible(p.name, self.extensions):
             return
         with self._lock:
             known = p.name in self._cands
             if not known:
                 self._cands[p.name] = _Candidate(sig=(-1, -1, -1, -1, -1), quiet_since=time.monotonic())
-        if not known:
+        if not known or is_marker:
             self._wake.set()
 
     def poke(self) -> None:

@@ -130,8 +130,9 @@ class Worker(threading.Thread):
         """None: looks whole, take it. "wait": looks cut short, leave it in the inbox.
         Any other text: still cut short after ``truncated_after``; take it to fail it."""
         limit = self.cfg.watch.truncated_after
-        if limit <= 0:
-            return None
+        marker = self.cfg.watch.marker
+        if limit <= 0 or (marker and os.path.lexists(path.with_name(path.name + marker))):
+            return None  # off, or the sender's marker says the file is complete
         why = preflight.looks_truncated(path)
         key = path.name
         if why is None:
@@ -546,6 +547,9 @@ class Worker(threading.Thread):
             self.client.download(url, dest_dir / name)
         except CanvasError as e:
             self._log(rec).warning("could not save Canvas's errors file: {}", e.message)
+            return None
+        except OSError as e:  # never let the errors file keep the import's own file waiting
+            self._log(rec).warning("could not save Canvas's errors file: {}", e.strerror or e)
             return None
         self.journal.update(rec.id, errors_file=name)
         return name

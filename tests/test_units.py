@@ -129,10 +129,14 @@ def test_stored_name_ends_with_original_and_fits() -> None:
     assert s.startswith("20261127T080000Z-") and s.endswith("-users.csv")
     assert intake.original_name(s) == "users.csv"
     assert intake.stored_name("users.csv", when) != s  # two drops of one name never collide
-    long = "é" * 120 + ".csv"  # 244 bytes
+    long = "é" * 115 + ".csv"  # 234 bytes: the timestamp no longer fits, the tag does
     s = intake.stored_name(long, when)
-    assert s.endswith(long) and len(os.fsencode(s + ".errors.csv")) <= 255
+    assert s.endswith("-" + long) and len(os.fsencode(s + ".errors.csv")) <= 255
     assert intake.original_name("plain.csv") == "plain.csv"
+    huge = "ü" * 126 + ".csv"  # 256 bytes: longer than any name the filesystem allows beside a suffix
+    s = intake.stored_name(huge, when)
+    assert len(os.fsencode(s + ".errors.csv")) <= 255 and s.endswith("üü.csv")
+    s.encode("utf-8")  # still valid UTF-8: not cut inside a character
 
 
 def test_move_never_overwrites_and_finishes_a_half_move(tmp_path: Path) -> None:
