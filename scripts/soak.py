@@ -100,8 +100,9 @@ def _zip(i: int, rng: random.Random) -> bytes:
 
 
 class Soak:
-    def __init__(self, root: Path, files: int, kills: int, seed: int, quiet: bool) -> None:
+    def __init__(self, root: Path, files: int, kills: int, seed: int, quiet: bool, fault_rate: float = 0.5) -> None:
         self.root, self.n, self.kills_wanted, self.quiet = root, files, kills, quiet
+        self.fault_rate = fault_rate  # faults injected per second of chaos, on average
         self.rng = random.Random(seed)
         self.fig = Figures()
         self.dropped: dict[str, bytes] = {}
@@ -180,12 +181,12 @@ level = "INFO"
                     self.fig.terms += 1
                 time.sleep(self.rng.uniform(0, 0.5))
                 self.start()
-            if self.rng.random() < 0.3:
+            if self.rng.random() < self.fault_rate * 0.2:
                 fault = self.rng.choice(FAULTS)
                 method = self.rng.choice(("GET", "POST"))
                 self.sim.inject(fault, method=method, count=self.rng.randint(1, 2), delay=self.rng.uniform(0.5, 3.0))
                 self.fig.faults_injected[fault] += 1
-            time.sleep(self.rng.uniform(0.05, 0.4))
+            time.sleep(0.2)
 
     def settle(self, timeout: float) -> None:
         """No more chaos: let the daemon finish everything (restarting it if it is down)."""
@@ -236,7 +237,7 @@ level = "INFO"
             writer.start()
             self.chaos(duration, writer)
             writer.join()
-            self.settle(timeout=max(120.0, duration * 2))
+            self.settle(timeout=max(120.0, self.n * 3.0))
             self.stop(signal.SIGTERM)
             self.check()
         finally:
@@ -247,13 +248,16 @@ level = "INFO"
         return self.fig
 
 
-def run(files: int, kills: int, seed: int = 1, duration: float | None = None, root: Path | None = None, quiet: bool = True) -> Figures:
+def run(
+    files: int, kills: int, seed: int = 1, duration: float | None = None, root: Path | None = None,
+    quiet: bool = True, fault_rate: float = 0.5,
+) -> Figures:
     """Run one soak; returns its figures. ``root`` keeps the folder (daemon.log) for a post-mortem."""
     duration = duration or max(10.0, files * 0.15)
     if root is not None:
-        return Soak(root, files, kills, seed, quiet).run(duration)
+        return Soak(root, files, kills, seed, quiet, fault_rate).run(duration)
     with tempfile.TemporaryDirectory(prefix="sisdropd-soak-") as tmp:
-        return Soak(Path(tmp), files, kills, seed, quiet).run(duration)
+        return Soak(Path(tmp), files, kills, seed, quiet, fault_rate).run(duration)
 
 
 def main() -> int:
@@ -262,11 +266,12 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration", type=float, default=None, help="seconds of dropping and chaos (default: 0.15 s a file)")
+    ap.add_argument("--fault-rate", type=float, default=0.5, help="faults injected per second of chaos (default 0.5)")
     ap.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (daemon.log)")
     args = ap.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-    fig = run(args.files, args.kills, args.seed, args.duration, args.keep, quiet=False)
+    fig = run(args.files, args.kills, args.seed, args.duration, args.keep, quiet=False, fault_rate=args.fault_rate)
     print(fig.table())
     if fig.lost:
         print("lost:", ", ".join(fig.lost[:20]))

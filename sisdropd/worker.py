@@ -35,6 +35,7 @@ from sisdropd.canvas import (
     CanvasError,
     Forbidden,
     NotFound,
+    RateLimited,
     Refused,
     Retryable,
     Stopped,
@@ -350,6 +351,13 @@ class Worker(threading.Thread):
             # Canvas answered before creating anything: the post provably did not happen.
             self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}")
             self._canvas_trouble(self.journal.get(rec.id), e)
+            return
+        except RateLimited as e:
+            # Canvas throttles in its middleware, before the controller saves anything.
+            delay = e.retry_after if e.retry_after is not None else self.error_backoff.next()
+            self.client.retries[e.cause] += 1
+            log.warning("post throttled by Canvas ({}): not posted, posting again in {:.1f}s", e.message, delay)
+            self.journal.transition(rec.id, State.QUEUED, "not posted: rate limited", next_attempt=time.time() + delay, last_error=e.message[:500])
             return
         except (Retryable, OSError) as e:
             delay = min(self.cfg.canvas.retry_max, self.cfg.canvas.retry_initial)
