@@ -205,3 +205,35 @@ def test_journal_next_prefers_active_then_oldest_mtime(tmp_path: Path) -> None:
     assert j.next_queued().id == old
     j.transition(old, State.LOST)
     assert j.next_queued().id == a  # same mtime: by name
+
+
+def test_rules_regex_and_glob_fill_named_groups(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[canvas]\nbase_url = "https://x.instructure.com"\n[folders]\nroot = "/srv/s"\n'
+        '[import]\nimport_type = "instructure_csv"\noverride_sis_stickiness = true\n'
+        "[[rules]]\nmatch = 'batch_(?P<term>\\w+)\\.zip'\n[rules.import]\nbatch_mode = true\n"
+        'batch_mode_term_id = "sis_term_id:{term}"\n'
+        '[[rules]]\nglob = "nightly_*.csv"\n[rules.import]\ndiffing_data_set_identifier = "nightly"\n'
+    )
+    cfg = config.load(path)
+    assert cfg.params_for("batch_2026FA.zip") == {
+        "import_type": "instructure_csv", "override_sis_stickiness": True,
+        "batch_mode": True, "batch_mode_term_id": "sis_term_id:2026FA",
+    }
+    assert cfg.params_for("nightly_20261127.csv")["diffing_data_set_identifier"] == "nightly"
+    assert cfg.params_for("users.csv") == {"import_type": "instructure_csv", "override_sis_stickiness": True}
+    assert cfg.params_for("xbatch_2026FA.zip") == cfg.params_for("users.csv")  # the whole name must match
+
+
+def test_rule_with_unknown_group_or_bad_params_is_refused(tmp_path: Path) -> None:
+    base = '[canvas]\nbase_url = "https://x.instructure.com"\n[folders]\nroot = "/srv/s"\n'
+    path = tmp_path / "r.toml"
+    path.write_text(base + "[[rules]]\nmatch = 'b_(?P<t>\\w+)'\n[rules.import]\nbatch_mode_term_id = \"{term}\"\nbatch_mode = true\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    assert any("{term} is not a named group" in p for p in e.value.problems)
+    path.write_text(base + "[[rules]]\nglob = '*.zip'\n[rules.import]\nchange_threshold = 500\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    assert any(p.startswith("rules[0]: import.change_threshold") for p in e.value.problems), e.value.problems
