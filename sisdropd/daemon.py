@@ -121,10 +121,14 @@ class Daemon:
             paused=self.paused.is_set, on_taken=self.worker.wake.set, marker=w.marker,
         )
 
+    def request_stop(self) -> None:
+        """Stop at the next checkpoint (what SIGTERM does); safe from any thread."""
+        self.stop.set()
+        self.tick.set()
+
     def install_signals(self) -> None:
         def on_stop(signum: int, _frame: object) -> None:
-            self.stop.set()
-            self.tick.set()
+            self.request_stop()
 
         def on_hup(signum: int, _frame: object) -> None:
             self.hup.set()

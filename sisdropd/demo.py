@@ -97,7 +97,7 @@ def demo(*, keep: bool = False, out: object = None) -> int:
             time.sleep(0.2)
         recs = daemon.journal.select()
     finally:
-        stop.set()
+        daemon.request_stop()
         t.join(timeout=15)
         sim.stop()
     print("\nOutcomes", file=say)
