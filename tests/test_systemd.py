@@ -449,7 +449,7 @@ def test_the_example_config_has_exactly_the_keys_of_config_py() -> None:
     assert got == want, "systemd/sisdropd.toml.example and sisdropd/config.py disagree"
     assert "import_type" in imports
     active = tomllib.loads(EXAMPLE.read_text())
-    assert set(active) == {"canvas", "folders", "import", "watch", "log"}, (
+    assert set(active) == {"canvas", "folders", "import", "watch", "log", "guard"}, (
         "notify and metrics stay commented out"
     )
 
