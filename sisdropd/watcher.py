@@ -239,6 +239,8 @@ class Watcher:
                 taken = False
             if taken:
                 self._forget(name)
+                if not taken_any:
+                    self.on_taken()  # the oldest is in: the worker may start while the rest follow
                 taken_any = True
                 if self.marker:
                     try:
