@@ -10,6 +10,7 @@ copy, fsync, then unlink across filesystems).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -175,12 +176,23 @@ def _copy_then_unlink(src: Path, dst: Path, s: os.stat_result) -> None:
     fsync_dir(src.parent)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync, rename: all or nothing."""
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync, rename: all or nothing.
+
+    ``mode`` sets the file's permissions (else the umask decides). Raises OSError; the
+    temporary file is removed when anything fails.
+    """
     tmp = path.with_name(f".sisdropd-{secrets.token_hex(8)}.tmp")  # short: the real name may be 255 bytes
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "xb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_dir(path.parent)

@@ -30,15 +30,14 @@ Contract (``[metrics]`` in the interface):
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from loguru import logger
 
+from sisdropd.intake import write_atomic
 from sisdropd.logs import clean, redact
 
 LabelKey = tuple[tuple[str, str], ...]
@@ -209,21 +208,9 @@ class Metrics:
         if self.textfile is None:
             return
         with self._write_lock:
-            tmp: str | None = None
             try:
-                text = self.render()
-                target = self.textfile
-                fd, tmp = tempfile.mkstemp(
-                    prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-                )
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    os.fchmod(f.fileno(), 0o644)  # the node exporter runs as another user
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-                tmp = None
-                self._fsync_dir(target.parent)
+                # 0644: the node exporter runs as another user.
+                write_atomic(self.textfile, self.render().encode("utf-8"), mode=0o644)
             except Exception as e:
                 why = e.strerror if isinstance(e, OSError) and e.strerror else e
                 message = f"cannot write metrics to {clean(self.textfile)}: {clean(why)}"
@@ -234,22 +221,3 @@ class Metrics:
                 if self._last_error is not None:
                     logger.info(f"metrics written to {clean(self.textfile)} again")
                 self._last_error = None
-            finally:
-                if tmp is not None:
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
-
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
