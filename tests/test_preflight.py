@@ -1086,3 +1086,23 @@ def test_random_unicode_names_never_raise(tmp_path, display, real, body):
         assert_sound(check_path(path, name=display))
     finally:
         path.unlink()
+
+
+def test_big_csv_rest_is_still_read_whole_by_the_fast_pass(tmp_path: Path) -> None:
+    """Past DEEP_CHARS rows are not checked one by one, but every byte is still read."""
+    from sisdropd.preflight import DEEP_CHARS
+
+    rows = DEEP_CHARS // 20 + 5000
+    body = "".join(f"u{i},l{i},active\n" for i in range(rows))
+    good = tmp_path / "users.csv"
+    good.write_text("user_id,login_id,status\n" + body)
+    r = check_path(good)
+    assert r.ok and r.counts == {"users": rows}
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(("user_id,login_id,status\n" + body).encode() + b"u\xff,x,active\n")
+    r = check_path(bad)
+    assert not r.ok and r.problems[0].line == rows + 2 and "Invalid UTF-8" in r.problems[0].message
+    quote = tmp_path / "quote.csv"
+    quote.write_text("user_id,login_id,status\n" + body + 'v,"open,active\n')
+    r = check_path(quote)
+    assert not r.ok and "odd number of quotes" in r.problems[0].message
