@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS files (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE INDEX IF NOT EXISTS files_queue ON files(state, mtime, original_name, id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     file_id INTEGER NOT NULL REFERENCES files(id),
@@ -204,10 +205,13 @@ class Journal:
             raise KeyError(file_id)
         return FileRecord.from_row(row)
 
-    def select(self, where: str = "1", params: tuple[Any, ...] = (), order: str = "id") -> list[FileRecord]:
+    def select(
+        self, where: str = "1", params: tuple[Any, ...] = (), order: str = "id", limit: int | None = None
+    ) -> list[FileRecord]:
+        tail = f" LIMIT {int(limit)}" if limit is not None else ""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT * FROM files WHERE {where} ORDER BY {order}", params
+                f"SELECT * FROM files WHERE {where} ORDER BY {order}{tail}", params
             ).fetchall()
         return [FileRecord.from_row(r) for r in rows]
 
@@ -223,14 +227,14 @@ class Journal:
         active = self.in_states({State.POSTING, State.RUNNING, State.FINISHING})
         if active:
             return active[0]
-        queued = self.select("state = ?", (str(State.QUEUED),), order="mtime, original_name, id")
+        queued = self.select("state = ?", (str(State.QUEUED),), order="mtime, original_name, id", limit=1)
         return queued[0] if queued else None
 
     def recent(self, limit: int = 10) -> list[FileRecord]:
         marks = ",".join("?" for _ in CLOSED)
         return self.select(
-            f"state IN ({marks})", tuple(str(s) for s in CLOSED), order="updated DESC, id DESC"
-        )[:limit]
+            f"state IN ({marks})", tuple(str(s) for s in CLOSED), order="updated DESC, id DESC", limit=limit
+        )
 
     def find_by_name(self, name: str, states: set[State]) -> list[FileRecord]:
         marks = ",".join("?" for _ in states)
