@@ -149,8 +149,10 @@ class Daemon:
         self.worker.recover()
         self.worker.start()
         self.watcher.start()
-        sd_notify("READY=1\nSTATUS=watching " + str(f["inbox"]))
         logger.info("watching {} (settle {:g}s, {})", f["inbox"], self.cfg.watch.settle_seconds, "polling" if self.cfg.watch.polling else "inotify")
+        if self.paused.is_set():
+            logger.warning("paused (sisdropd resume to take new files)")
+        sd_notify("READY=1\nSTATUS=watching " + str(f["inbox"]))
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         ping = usec / 2e6 if usec else 30.0
         last_status = ""
