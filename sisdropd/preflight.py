@@ -452,11 +452,30 @@ _REST_CHUNK = 1 << 20
 
 
 def _scan_rest(text: io.TextIOBase, lines: _Lines, label: str, build: _Builder) -> int:
-    """The fast pass over what ``lines`` left unread; returns the data rows it counted."""
-    newlines = quotes = 0
+    """The fast pass over what ``lines`` left unread; returns the data rows it counted.
+
+    Every byte is read: bytes that are not UTF-8 and quoting faults (a quote inside an
+    unquoted value, an unterminated quoted value) are found with their lines; lines
+    without a quote, outside a quoted value, cost one count.
+    """
+    newlines = 0
     last = "\n"
     bad_line: int | None = None
     bad_lines = 0
+    in_quotes = False
+    stray: tuple[int, int] | None = None  # (line, column) of the first quote fault
+    carry = ""  # the incomplete last line of the previous block
+    cursor = lines.number + 1  # the physical line at which ``carry`` starts
+
+    def follow_quotes(block: str) -> None:
+        nonlocal in_quotes, stray, cursor
+        for line in block.splitlines(keepends=True):
+            if stray is None and (in_quotes or '"' in line):
+                in_quotes, col = _stray_quote(line, in_quotes)
+                if col is not None:
+                    stray = (cursor, col)
+            cursor += 1
+
     while chunk := text.read(_REST_CHUNK):
         if not chunk.isascii():  # (instant) only then look for bytes that were not UTF-8
             try:
@@ -465,15 +484,31 @@ def _scan_rest(text: io.TextIOBase, lines: _Lines, label: str, build: _Builder) 
                 if bad_line is None:
                     bad_line = lines.number + newlines + chunk.count("\n", 0, e.start) + 1
                 bad_lines += 1
-        newlines += chunk.count("\n") or chunk.count("\r")
-        quotes += chunk.count('"')
+        n = chunk.count("\n")
+        newlines += n or chunk.count("\r")
         last = chunk[-1]
+        if stray is None and (in_quotes or carry or '"' in chunk):
+            data = carry + chunk
+            cut = max(data.rfind("\n"), data.rfind("\r")) + 1
+            carry = data[cut:]
+            follow_quotes(data[:cut])
+        else:
+            cursor += n
+    if carry and stray is None:
+        follow_quotes(carry)
     if bad_line is not None and lines.bad_line is None:
         lines.bad_line, lines.bad_detail, lines.bad_lines = bad_line, "a byte that is not UTF-8", bad_lines
-    if quotes % 2:
+    if stray is not None:
+        build.problem(
+            stray[0],
+            f"Malformed CSV: a quote inside an unquoted value (column {stray[1] + 1}); "
+            'Canvas refuses it: quote the whole value and double the quote ("")',
+            label,
+        )
+    elif in_quotes:
         build.problem(
             lines.number + 1,
-            "Malformed CSV: an odd number of quotes after this line (an unterminated quoted value?)",
+            "Malformed CSV: a quoted value that never ends (after this line)",
             label,
         )
     return max(0, newlines + (0 if last in "\r\n" else 1))

@@ -1105,4 +1105,12 @@ def test_big_csv_rest_is_still_read_whole_by_the_fast_pass(tmp_path: Path) -> No
     quote = tmp_path / "quote.csv"
     quote.write_text("user_id,login_id,status\n" + body + 'v,"open,active\n')
     r = check_path(quote)
-    assert not r.ok and "odd number of quotes" in r.problems[0].message
+    assert not r.ok and "never ends" in r.problems[0].message
+    stray = tmp_path / "stray.csv"  # two stray quotes: an even count, still refused by Canvas
+    stray.write_text("user_id,login_id,status\n" + body + 'v,a"b,active\nw,c"d,active\n')
+    r = check_path(stray)
+    assert not r.ok and r.problems[0].line == rows + 2 and "quote inside an unquoted value (column 4)" in r.problems[0].message
+    fine = tmp_path / "fine.csv"  # quoted values with commas and line breaks are fine
+    fine.write_text("user_id,login_id,status\n" + body + 'v,"a, ""b""\nc",active\nw,x,active\n')
+    r = check_path(fine)
+    assert r.ok, r.problems
