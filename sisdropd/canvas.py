@@ -342,10 +342,10 @@ class CanvasClient:
 
     # -- the API -----------------------------------------------------------------------
     def whoami(self, **kw: Any) -> dict[str, Any]:
-        return self.call("GET", "/users/self", **kw)  # type: ignore[no-any-return]
+        return self.call("GET", "/users/self", **kw)
 
     def get_import(self, import_id: int, **kw: Any) -> dict[str, Any]:
-        return self.call("GET", f"{self.account}/sis_imports/{import_id}", **kw)  # type: ignore[no-any-return]
+        return self.call("GET", f"{self.account}/sis_imports/{import_id}", **kw)
 
     def list_imports(
         self, *, created_since: str | None = None, per_page: int = 100, log: Any = None, deadline: float | None = None
@@ -377,7 +377,7 @@ class CanvasClient:
             params = {}  # the next link carries them
 
     def abort(self, import_id: int, **kw: Any) -> dict[str, Any]:
-        return self.call("PUT", f"{self.account}/sis_imports/{import_id}/abort", **kw)  # type: ignore[no-any-return]
+        return self.call("PUT", f"{self.account}/sis_imports/{import_id}/abort", **kw)
 
     def create_import(
         self, path: Path, *, upload_name: str, params: Mapping[str, Any], fd: int | None = None
@@ -402,7 +402,7 @@ class CanvasClient:
                 data=body,
                 headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
             )
-        return resp.json()  # type: ignore[no-any-return]
+        return resp.json()
 
     def download(self, url: str, dest: Path) -> int:
         """Save the file at ``url`` (an errors attachment) to ``dest``; returns its size.

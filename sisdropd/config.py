@@ -239,7 +239,8 @@ def _absolute(cfg: Config) -> Config:
         return str(Path(value).expanduser().absolute()) if value else value
 
     f = cfg.folders
-    folders = replace(f, **{n: fix(getattr(f, n)) for n in ("root", "inbox", "processing", "done", "failed", "held", "state_dir")})
+    fixed: dict[str, Any] = {n: fix(getattr(f, n)) for n in ("root", "inbox", "processing", "done", "failed", "held", "state_dir")}
+    folders = replace(f, **fixed)
     return replace(
         cfg,
         folders=folders,

@@ -134,6 +134,7 @@ def abort(cfg: Config, token: str) -> int:
     c = cfg.canvas
     client = CanvasClient(c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle, retry_initial=1, retry_max=5)
     try:
+        assert rec.import_id is not None
         imp = client.abort(rec.import_id, deadline=time.time() + c.timeout)
         result, code = f"aborted import {rec.import_id} ({rec.original_name}): now {imp.get('workflow_state')}", 0
     except NotFound:

@@ -16,6 +16,7 @@ import time
 import zipfile
 from importlib import resources
 from pathlib import Path
+from typing import TextIO
 
 from sisdropd import logs
 from sisdropd.config import from_dict
@@ -43,7 +44,7 @@ def _zip_bytes() -> bytes:
     return buf.getvalue()
 
 
-def demo(*, keep: bool = False, out: object = None) -> int:
+def demo(*, keep: bool = False, out: TextIO | None = None) -> int:
     """Run the demo; returns 0 when every sample ended where it should."""
     say = out or sys.stdout
     root = Path(tempfile.mkdtemp(prefix="sisdropd-demo-"))

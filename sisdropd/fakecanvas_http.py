@@ -180,18 +180,18 @@ class Api:
             self.sim._record(method, path, status)
 
     @staticmethod
-    def _body(h: _Handler) -> BodyReader | None:
+    def _body(h: _Handler) -> BodyReader | None:  # rfile is a BinaryIO in practice
         te = (h.headers.get("Transfer-Encoding") or "").lower()
         if "chunked" in te:
-            return BodyReader(h.rfile, length=None, chunked=True)
+            return BodyReader(h.rfile, length=None, chunked=True)  # type: ignore[arg-type]
         cl = h.headers.get("Content-Length")
         if cl is None:
-            return BodyReader(h.rfile, length=0, chunked=False)
+            return BodyReader(h.rfile, length=0, chunked=False)  # type: ignore[arg-type]
         try:
             length = int(cl)
         except ValueError:
             return None
-        return BodyReader(h.rfile, length=length, chunked=False) if length >= 0 else None
+        return BodyReader(h.rfile, length=length, chunked=False) if length >= 0 else None  # type: ignore[arg-type]
 
     @staticmethod
     def _drop(h: _Handler) -> None:

@@ -495,6 +495,7 @@ class Store:
         deleted = dict.fromkeys(_BATCH_KINDS, 0)
         abort = None
         for term in terms:
+            cur: dict[str, set[Any]]
             if multi:
 
                 def in_term(course: str, section: str, term: str = term) -> bool:

@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
@@ -50,7 +50,7 @@ def _parse_time(s: str | None) -> float | None:
         return None
 
 
-def attachment_matches(sis_import: dict[str, Any], upload: str, members: Iterable[Iterable[Any]] | None) -> bool:
+def attachment_matches(sis_import: dict[str, Any], upload: str, members: Sequence[Sequence[Any]] | None) -> bool:
     """Whether this import's ``csv_attachments`` are the ones our post would produce.
 
     A CSV is listed under our unique upload name (``display_name``, or the CGI-escaped

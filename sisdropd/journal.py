@@ -305,7 +305,7 @@ class Journal:
             rows = self._db.execute(
                 "SELECT id, command, name, who, result FROM requests WHERE logged = 0 ORDER BY id"
             ).fetchall()
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [tuple(r) for r in rows]
 
     def mark_logged(self, request_id: int) -> None:
         with self.tx() as db:

@@ -553,7 +553,7 @@ def _scan_csv(raw: BinaryIO, label: str, build: _Builder) -> _CsvResult:
                     "a comma in an unquoted value? Canvas skips or misreads this row",
                     label,
                 )
-            elif check_rows:
+            elif check_rows and result.csv_type is not None:
                 for message in sisformat.row_problems(result.csv_type, header, row):
                     build.warning(start, message, label)
         if lines.stopped_early and header is not None:
@@ -747,7 +747,7 @@ def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, build: _Builder) -
     label = f"{build.report.name}/{info.filename}"
     try:
         with zf.open(info) as member:
-            capped = _Capped(member, info.file_size)
+            capped = _Capped(member, info.file_size)  # type: ignore[arg-type]  # a ZipExtFile reads like one
             result = _scan_csv(io.BufferedReader(capped, _CHUNK), label, build)
     except Exception as e:  # corrupt data raises all sorts: BadZipFile, zlib.error, ValueError...
         build.problem(None, f"cannot be read from the zip ({_reason(e)})", label)

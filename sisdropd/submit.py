@@ -61,13 +61,14 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
         except Retryable as e:
             log.warning("post failed ({}); looking for it in Canvas", e.message)
             members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
-            verdict, imp = importer.find_posted(
+            verdict, found = importer.find_posted(
                 client, upload=upload, members=members, post_started=started, our_user_id=None,
                 exclude=set(), log=log, deadline=time.time() + 2 * c.timeout,
             )
-            if imp is None:
+            if found is None:
                 _print(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'unsure' else 'not '}posted")
                 return 3
+            imp = found
         import_id = int(imp["id"])
         log = log_event(path.name, import_id)
         log.info("posted: import {}", import_id)
