@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import difflib
 import errno
+import hashlib
 import io
 import os
 import re
@@ -25,7 +26,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from xml.parsers import expat
 
 from sisdropd import sisformat
@@ -94,7 +95,8 @@ class Report:
     ``problems`` are fatal: the file must not be posted. ``warnings`` are row-level things
     Canvas skips with a warning and are informational only. ``counts`` holds data rows per
     SIS CSV type, summed over members; ``members`` the CSVs Canvas would list (for a zip:
-    recognised, non-empty CSV members).
+    recognised, non-empty CSV members). ``sha256`` is set when the check read every byte
+    of the file, so that the daemon need not read it once more to hash it.
     """
 
     name: str
@@ -104,6 +106,7 @@ class Report:
     warnings: list[Problem] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     members: list[Member] = field(default_factory=list)
+    sha256: str | None = None  # of every byte, when the check read the whole file (a CSV)
 
     @property
     def ok(self) -> bool:
@@ -266,8 +269,11 @@ def _check_content(f: BinaryIO, build: _Builder, import_type: str, validate: boo
         return
     try:
         if report.kind == "csv":
-            capped = _Capped(f, None)
+            digest = hashlib.sha256()
+            capped = _Capped(f, None, digest)
             result = _scan_csv(io.BufferedReader(capped, _CHUNK), report.name, build)
+            if capped.count == report.size and capped.read(1) == b"":
+                report.sha256 = digest.hexdigest()
             build.add_csv(
                 Member(report.name, report.name, report.size, result.type_name, result.rows)
             )
@@ -293,10 +299,11 @@ class _Capped(io.RawIOBase):
     no limit. Closing it leaves ``inner`` open.
     """
 
-    def __init__(self, inner: BinaryIO, limit: int | None) -> None:
+    def __init__(self, inner: BinaryIO, limit: int | None, digest: Any = None) -> None:
         super().__init__()
         self._inner = inner
         self._limit = limit
+        self._digest = digest  # a hashlib object fed every byte handed out, or None
         self.count = 0
 
     def readable(self) -> bool:
@@ -312,6 +319,8 @@ class _Capped(io.RawIOBase):
         n = len(data)
         buffer[:n] = data
         self.count += n
+        if self._digest is not None:
+            self._digest.update(data)
         return n
 
     @property

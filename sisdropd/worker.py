@@ -285,7 +285,7 @@ class Worker(threading.Thread):
         upload = importer.upload_name(rec.original_name)
         rec = self.journal.transition(
             rec.id, State.POSTING, "posting", upload_name=upload, members=members,
-            counts=report.counts, sha256=sha256_of(path), size=report.size,
+            counts=report.counts, sha256=report.sha256 or sha256_of(path), size=report.size,
             post_started=time.time(), attempts=rec.attempts + 1,
         )
         crashpoint("before_post")

@@ -1114,3 +1114,15 @@ def test_big_csv_rest_is_still_read_whole_by_the_fast_pass(tmp_path: Path) -> No
     fine.write_text("user_id,login_id,status\n" + body + 'v,"a, ""b""\nc",active\nw,x,active\n')
     r = check_path(fine)
     assert r.ok, r.problems
+
+
+def test_csv_report_carries_the_sha256_of_every_byte(tmp_path: Path) -> None:
+    import hashlib
+
+    p = tmp_path / "users.csv"
+    p.write_text("user_id,login_id,status\n" + "".join(f"u{i},l{i},active\n" for i in range(300000)))
+    assert check_path(p).sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+    z = tmp_path / "x.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("users.csv", "user_id,login_id,status\nu1,l1,active\n")
+    assert check_path(z).sha256 is None  # a zip is not read whole: the daemon hashes it itself
