@@ -421,15 +421,20 @@ class CanvasClient:
                 self.wait(backoff.next())
         else:
             raise Retryable("errors file download kept failing")
-        tmp = dest.with_name(dest.name + ".part")
+        # A hidden temporary name: whoever watches done/ sees the errors file whole or not at all.
+        tmp = dest.with_name(f".sisdropd-{uuid.uuid4().hex[:16]}.tmp")
         n = 0
-        with resp, open(tmp, "wb") as out:
-            for chunk in resp.iter_content(BLOCK):
-                out.write(chunk)
-                n += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
+        try:
+            with resp, open(tmp, "wb") as out:
+                for chunk in resp.iter_content(BLOCK):
+                    out.write(chunk)
+                    n += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return n
 
 
