@@ -121,10 +121,7 @@ class Worker(threading.Thread):
         if truncated:
             reason = f"looks truncated ({truncated}) and did not change for {self.cfg.watch.truncated_after:g}s"
             log_event(name).error("{}: not posted", reason)
-            self.journal.transition(
-                file_id, State.FINISHING, "truncated", outcome="failed", outcome_reason=reason,
-                problems=[f"{name}: {reason}"], finished_at=utcnow(), sha256=_maybe_sha(dest),
-            )
+            self._fail(file_id, "truncated", reason, problems=[f"{name}: {reason}"], sha256=_maybe_sha(dest))
         return True  # the watcher wakes the worker once per batch (on_taken)
 
     def _truncated_verdict(self, path: Path, st: os.stat_result) -> str | None:
@@ -267,10 +264,7 @@ class Worker(threading.Thread):
             reason = "rejected by the pre-flight check: " + (report.problems[0].message if report.problems else "?")
             for p in problems[:5]:
                 log.warning("rejected: {}", p)
-            self.journal.transition(
-                rec.id, State.FINISHING, "rejected", outcome="failed", outcome_reason=reason,
-                problems=problems, finished_at=utcnow(), sha256=_maybe_sha(path), size=report.size,
-            )
+            self._fail(rec.id, "rejected", reason, problems=problems, sha256=_maybe_sha(path), size=report.size)
             return
         if guard.applies(self.cfg.guard, params) and not rec.guard_accepted:
             key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
@@ -345,7 +339,7 @@ class Worker(threading.Thread):
         except Refused as e:
             reason = f"Canvas refused the import: {e.message}"
             log.error("{}", reason)
-            self.journal.transition(rec.id, State.FINISHING, "refused", outcome="failed", outcome_reason=reason, finished_at=utcnow())
+            self._fail(rec.id, "refused", reason)
             return
         except (TokenRejected, Forbidden, NotFound) as e:
             # Canvas answered before creating anything: the post provably did not happen.
@@ -433,7 +427,7 @@ class Worker(threading.Thread):
         except NotFound as e:
             reason = f"Canvas no longer knows import {rec.import_id} ({e.message})"
             log.error("{}", reason)
-            self.journal.transition(rec.id, State.FINISHING, "import gone", outcome="failed", outcome_reason=reason, finished_at=utcnow())
+            self._fail(rec.id, "import gone", reason)
             return
         except (Retryable, TokenRejected, Forbidden) as e:
             if isinstance(e, Retryable) and time.time() >= deadline:
@@ -478,9 +472,12 @@ class Worker(threading.Thread):
             except CanvasError as e:
                 reason += f"; abort failed: {e.message}"
         log.error("{}", reason)
+        self._fail(rec.id, "timeout", reason, sis_import=imp, workflow_state=(imp or {}).get("workflow_state"))
+
+    def _fail(self, file_id: int, note: str, reason: str, **fields: Any) -> None:
+        """-> FINISHING on the way to failed/, with ``reason`` for the sidecar (the caller logs)."""
         self.journal.transition(
-            rec.id, State.FINISHING, "timeout", outcome="failed", outcome_reason=reason,
-            sis_import=imp, workflow_state=(imp or {}).get("workflow_state"), finished_at=utcnow(),
+            file_id, State.FINISHING, note, outcome="failed", outcome_reason=reason, finished_at=utcnow(), **fields
         )
 
     # FINISHING --------------------------------------------------------------------------
