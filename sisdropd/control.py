@@ -114,7 +114,7 @@ def pause(cfg: Config, on: bool) -> int:
     """Stop (or restart) the taking of new files; an import in flight finishes."""
     state_dir = cfg.folders.path("state_dir")
     state_dir.mkdir(parents=True, exist_ok=True)
-    flag = state_dir / "paused"
+    flag = pause_flag(state_dir)
     if on:
         flag.write_text(f"{who()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
     else:
@@ -146,5 +146,6 @@ def abort(cfg: Config, token: str) -> int:
     return _finish(cfg, j, "abort", rec.original_name, result, code)
 
 
-def paused_flag(state_dir: Path) -> bool:
-    return (state_dir / "paused").exists()
+def pause_flag(state_dir: Path) -> Path:
+    """The file whose presence pauses the daemon (``sisdropd pause`` makes it, ``resume`` removes it)."""
+    return state_dir / "paused"

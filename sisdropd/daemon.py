@@ -25,6 +25,7 @@ from loguru import logger
 from sisdropd import __version__
 from sisdropd.canvas import CanvasClient
 from sisdropd.config import Config
+from sisdropd.control import pause_flag
 from sisdropd.journal import Journal
 from sisdropd.logs import reopen
 from sisdropd.metrics import Metrics
@@ -112,7 +113,7 @@ class Daemon:
         self._stuck_notified: set[int] = set()
         self._stale: float | None = None  # when the alerted silence began, while it lasts
         self.started = time.time()
-        if (self.folders["state_dir"] / "paused").exists():
+        if pause_flag(self.folders["state_dir"]).exists():
             self.paused.set()
         w = cfg.watch
         self.watcher = Watcher(
@@ -181,7 +182,7 @@ class Daemon:
         for rid, command, name, who, result in self.journal.unlogged_requests():
             logger.bind(file=name).info("operator {} asked to {}: {}", who, command, result)
             self.journal.mark_logged(rid)
-        now_paused = (self.folders["state_dir"] / "paused").exists()
+        now_paused = pause_flag(self.folders["state_dir"]).exists()
         if now_paused != self.paused.is_set():
             (self.paused.set if now_paused else self.paused.clear)()
             logger.warning("paused: no new files are taken") if now_paused else logger.info("resumed: taking new files")

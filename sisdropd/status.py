@@ -17,6 +17,7 @@ from typing import Any
 from sisdropd import importer, preflight
 from sisdropd.canvas import CanvasClient, CanvasError, NotFound
 from sisdropd.config import Config, ConfigError, TokenError, load, read_token
+from sisdropd.control import pause_flag
 from sisdropd.journal import FileRecord, Journal
 from sisdropd.lifecycle import State
 from sisdropd.logs import add_secret, clean, redact
@@ -92,7 +93,7 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
         active = [r for r in open_recs if r.state != State.QUEUED]
         held = j.in_states({State.HELD})
         recent = j.recent(limit)
-        paused = (state_dir / "paused").exists()
+        paused = pause_flag(state_dir).exists()
     finally:
         j.close()
     if as_json:
