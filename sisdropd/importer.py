@@ -1,8 +1,12 @@
 """One file's conversation with Canvas: the name it is posted under, finding a post whose
-answer was lost, and following an import to its final state.
+answer was lost, following an import to its final state, and what that state means.
 
-No folders and no journal here: ``worker`` (the daemon) and ``cli submit`` (one-shot)
-both use these functions and keep their own records.
+Canvas's ``workflow_state`` values (reference section 5) live here, not in ``lifecycle``
+(which holds our own states): which are final, pending or running, and which of our
+outcomes (done/ or failed/) a final one sends a file to, with the reason in words.
+
+No folders and no journal here: ``worker`` (the daemon) and ``commands.submit``
+(one-shot) both use these functions and keep their own records.
 """
 
 from __future__ import annotations
@@ -17,12 +21,66 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from sisdropd.canvas import CanvasClient
-from sisdropd.lifecycle import PENDING_STATES, is_final
+from sisdropd.lifecycle import State
 
 CLOCK_SKEW = 600.0  # seconds: Canvas's clock may differ from ours by this much
 DEAD_INITIALIZING = 600.0  # an import still initializing after this long never runs (§2.4)
 FIRST_CHECK = 0.02  # seconds before the first status check; then x1.5 up to poll_interval
 ERRORS_FILE_WAIT = 30.0  # Canvas writes the errors file in a separate job after the end
+
+# Canvas workflow_state values (reference section 5).
+SUCCESS_STATES = frozenset({"imported", "imported_with_messages"})
+FAILURE_STATES = frozenset({"failed", "failed_with_messages", "aborted"})
+# Produced by restore_states on an import that had finished: the import itself ran.
+RESTORED_STATES = frozenset({"restored", "partially_restored"})
+FINAL_STATES = SUCCESS_STATES | FAILURE_STATES | RESTORED_STATES
+PENDING_STATES = frozenset({"initializing", "created"})
+RUNNING_STATES = frozenset({"importing", "cleanup_batch", "restoring"})
+
+_REASONS = {
+    "imported": "imported",
+    "imported_with_messages": "imported with warnings",
+    "failed": "Canvas failed the import",
+    "failed_with_messages": "Canvas failed the import with errors (some rows may have been applied)",
+    "aborted": "the import was aborted in Canvas",
+    "restored": "imported, then its changes were restored (undone) in Canvas",
+    "partially_restored": "imported, then part of its changes were restored (undone) in Canvas",
+}
+
+
+def is_final(workflow_state: str | None) -> bool:
+    """True when Canvas will not change this import any more (decided by state alone)."""
+    return workflow_state in FINAL_STATES
+
+
+def route(workflow_state: str) -> tuple[State, str]:
+    """For a final ``workflow_state``: our outcome (DONE or FAILED) and the reason in words.
+
+    Raises ``ValueError`` for a state that is not final.
+    """
+    if workflow_state in FAILURE_STATES:
+        return State.FAILED, _REASONS[workflow_state]
+    if workflow_state in SUCCESS_STATES or workflow_state in RESTORED_STATES:
+        return State.DONE, _REASONS[workflow_state]
+    raise ValueError(f"not a final workflow_state: {workflow_state!r}")
+
+
+def verdict(sis_import: dict[str, Any]) -> tuple[State, str]:
+    """``route`` for a final import, its reason completed with Canvas's first error.
+
+    A change_threshold abort is said in words: Canvas stopped the import because it would
+    delete more than the threshold allows. Raises ``ValueError`` if the import is not final.
+    """
+    state = str(sis_import.get("workflow_state"))
+    dest, reason = route(state)
+    errors = sis_import.get("processing_errors") or []
+    if dest == State.FAILED and errors:
+        first = errors[0]
+        text = " ".join(str(x) for x in first if x) if isinstance(first, list) else str(first)
+        if state == "aborted" and "change_threshold" in text:
+            reason = "Canvas stopped the import because it would delete more than its change_threshold allows"
+        reason += ": " + text
+    return dest, reason
 
 
 def upload_name(original: str) -> str:

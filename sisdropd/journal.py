@@ -23,7 +23,7 @@ from typing import Any
 
 from loguru import logger
 
-from sisdropd.lifecycle import CLOSED, OPEN, State, check
+from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, State, check
 
 SCHEMA_VERSION = 2
 
@@ -92,6 +92,7 @@ _MIGRATIONS = (
 )
 
 _JSON_COLUMNS = ("members", "counts", "sis_import", "problems", "guard")
+_QUEUE_ORDER = "mtime, original_name, id"  # the contract's point 3 (served by files_queue)
 
 
 def utcnow() -> str:
@@ -222,13 +223,18 @@ class Journal:
     def open_records(self) -> list[FileRecord]:
         return self.in_states(OPEN)
 
+    def active(self) -> list[FileRecord]:
+        """The file in flight (``lifecycle.ACTIVE``): at most one, as one import runs at a time."""
+        return self.in_states(ACTIVE)
+
+    def queued(self, limit: int | None = None) -> list[FileRecord]:
+        """QUEUED files in the order they are posted: oldest mtime first, ties by name."""
+        return self.select("state = ?", (str(State.QUEUED),), order=_QUEUE_ORDER, limit=limit)
+
     def next_queued(self) -> FileRecord | None:
         """The file to work on next: an import already under way first, else the oldest mtime."""
-        active = self.in_states({State.POSTING, State.RUNNING, State.FINISHING})
-        if active:
-            return active[0]
-        queued = self.select("state = ?", (str(State.QUEUED),), order="mtime, original_name, id", limit=1)
-        return queued[0] if queued else None
+        nxt = self.active() or self.queued(limit=1)
+        return nxt[0] if nxt else None
 
     def recent(self, limit: int = 10) -> list[FileRecord]:
         marks = ",".join("?" for _ in CLOSED)

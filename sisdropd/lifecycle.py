@@ -5,8 +5,7 @@ refuses any move that is not in ``ALLOWED``. Where the file is on disk follows f
 state: QUEUED, POSTING, RUNNING and FINISHING files are in processing/; DONE in done/;
 FAILED in failed/; HELD in held/.
 
-Canvas's own ``workflow_state`` values, and which folder each final one sends a file to,
-are here too (``route``).
+Canvas's own ``workflow_state`` values are not ours: they live in ``importer``.
 """
 
 from __future__ import annotations
@@ -39,6 +38,9 @@ ALLOWED: dict[State, frozenset[State]] = {
 
 #: States whose file is in processing/ and that the worker still owes an outcome.
 OPEN = frozenset({State.QUEUED, State.POSTING, State.RUNNING, State.FINISHING})
+#: The open states past the queue: the file in flight. At most one record is ACTIVE at a
+#: time (one import at a time), and it is worked on before any QUEUED one.
+ACTIVE = OPEN - {State.QUEUED}
 #: States that end a record.
 CLOSED = frozenset({State.DONE, State.FAILED, State.LOST})
 
@@ -51,37 +53,3 @@ def check(current: State, new: State) -> None:
     """Raise ``TransitionError`` unless ``current -> new`` is allowed."""
     if new not in ALLOWED[current]:
         raise TransitionError(f"{current} -> {new} is not an allowed transition")
-
-
-# Canvas workflow_state values (reference section 5).
-SUCCESS_STATES = frozenset({"imported", "imported_with_messages"})
-FAILURE_STATES = frozenset({"failed", "failed_with_messages", "aborted"})
-# Produced by restore_states on an import that had finished: the import itself ran.
-RESTORED_STATES = frozenset({"restored", "partially_restored"})
-FINAL_STATES = SUCCESS_STATES | FAILURE_STATES | RESTORED_STATES
-PENDING_STATES = frozenset({"initializing", "created"})
-RUNNING_STATES = frozenset({"importing", "cleanup_batch", "restoring"})
-
-_REASONS = {
-    "imported": "imported",
-    "imported_with_messages": "imported with warnings",
-    "failed": "Canvas failed the import",
-    "failed_with_messages": "Canvas failed the import with errors (some rows may have been applied)",
-    "aborted": "the import was aborted in Canvas",
-    "restored": "imported, then its changes were restored (undone) in Canvas",
-    "partially_restored": "imported, then part of its changes were restored (undone) in Canvas",
-}
-
-
-def is_final(workflow_state: str | None) -> bool:
-    """True when Canvas will not change this import any more (decided by state alone)."""
-    return workflow_state in FINAL_STATES
-
-
-def route(workflow_state: str) -> tuple[State, str]:
-    """For a final ``workflow_state``: the state (DONE or FAILED) and the reason in words."""
-    if workflow_state in FAILURE_STATES:
-        return State.FAILED, _REASONS[workflow_state]
-    if workflow_state in SUCCESS_STATES or workflow_state in RESTORED_STATES:
-        return State.DONE, _REASONS[workflow_state]
-    raise ValueError(f"not a final workflow_state: {workflow_state!r}")

@@ -88,9 +88,8 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
         _out(f"cannot read the journal {state_dir / 'journal.sqlite3'}: {e} (run as the daemon's user, e.g. sudo -u sisdropd sisdropd status)")
         return 1
     try:
-        open_recs = j.open_records()
-        queued = sorted((r for r in open_recs if r.state == State.QUEUED), key=lambda r: (r.mtime or 0, r.original_name))
-        active = [r for r in open_recs if r.state != State.QUEUED]
+        queued = j.queued()
+        active = j.active()
         held = j.in_states({State.HELD})
         recent = j.recent(limit)
         paused = pause_flag(state_dir).exists()

@@ -23,7 +23,6 @@ from sisdropd.canvas import (
     TokenRejected,
 )
 from sisdropd.config import Config
-from sisdropd.lifecycle import RESTORED_STATES, SUCCESS_STATES
 from sisdropd.logs import clean, redact
 from sisdropd.logs import event as log_event
 
@@ -91,7 +90,7 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
         if as_json:
             print(redact(json.dumps(final_imp, indent=2, ensure_ascii=False)))
         _print(f"{state}: import {import_id} ({importer.counts_summary(final_imp)}) in {time.time() - started:.1f}s")
-        return 0 if state in SUCCESS_STATES | RESTORED_STATES else 1
+        return 0 if state in importer.SUCCESS_STATES | importer.RESTORED_STATES else 1
     except TokenRejected as e:
         _print(f"token rejected: {e.message}")
         return 4

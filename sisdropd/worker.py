@@ -45,7 +45,7 @@ from sisdropd.config import Config, TokenError, read_token
 from sisdropd.crashpoint import crashpoint
 from sisdropd.intake import fsync_dir, move, original_name, stored_name, write_atomic
 from sisdropd.journal import FileRecord, Journal, utcnow
-from sisdropd.lifecycle import State, route
+from sisdropd.lifecycle import ACTIVE, State
 from sisdropd.logs import add_secret
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
@@ -186,7 +186,7 @@ class Worker(threading.Thread):
             log.error("the file vanished from processing/ while {}; its record is closed", rec.state)
         open_now = self.journal.open_records()
         if open_now:
-            running = [r for r in open_now if r.state != State.QUEUED]
+            running = [r for r in open_now if r.state in ACTIVE]
             logger.info(
                 "resuming: {} file(s) queued{}",
                 len(open_now) - len(running),
@@ -440,14 +440,7 @@ class Worker(threading.Thread):
 
     def _decide(self, rec: FileRecord, imp: dict[str, Any], extra: str = "") -> None:
         state = str(imp.get("workflow_state"))
-        dest, reason = route(state)
-        errors = imp.get("processing_errors") or []
-        if dest == State.FAILED and errors:
-            first = errors[0]
-            text = " ".join(str(x) for x in first if x) if isinstance(first, list) else str(first)
-            if state == "aborted" and "change_threshold" in text:
-                reason = "Canvas stopped the import because it would delete more than its change_threshold allows"
-            reason += ": " + text
+        dest, reason = importer.verdict(imp)
         self.journal.transition(
             rec.id, State.FINISHING, state, outcome=str(dest), outcome_reason=reason + extra,
             sis_import=imp, workflow_state=state, progress=imp.get("progress"), finished_at=utcnow(),
@@ -626,8 +619,8 @@ class Worker(threading.Thread):
     def snapshot(self) -> str:
         """One line for systemd's STATUS=: the queue and the import in flight."""
         recs = self.journal.open_records()
-        queued = sum(1 for r in recs if r.state == State.QUEUED)
-        active = [r for r in recs if r.state != State.QUEUED]
+        active = [r for r in recs if r.state in ACTIVE]
+        queued = len(recs) - len(active)
         s = f"{queued} queued"
         if active:
             r = active[0]

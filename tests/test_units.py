@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sisdropd import config, intake, lifecycle
+from sisdropd import config, importer, intake
 from sisdropd.journal import Journal
 from sisdropd.lifecycle import State, TransitionError
 
@@ -165,15 +165,15 @@ def test_move_never_overwrites_and_finishes_a_half_move(tmp_path: Path) -> None:
     ],
 )
 def test_every_final_state_is_routed(state: str, dest: State) -> None:
-    assert lifecycle.is_final(state)
-    assert lifecycle.route(state)[0] == dest
+    assert importer.is_final(state)
+    assert importer.route(state)[0] == dest
 
 
 @pytest.mark.parametrize("state", ["initializing", "created", "importing", "cleanup_batch", "restoring", "weird"])
 def test_non_final_states_are_not_routed(state: str) -> None:
-    assert not lifecycle.is_final(state)
+    assert not importer.is_final(state)
     with pytest.raises(ValueError):
-        lifecycle.route(state)
+        importer.route(state)
 
 
 def test_journal_transitions_are_checked_and_recorded(tmp_path: Path) -> None:
