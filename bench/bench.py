@@ -505,7 +505,7 @@ def bench_uploads(res: Results, sizes: list[int], quick: bool) -> None:
                     say(f"  {name:<20} rep {rep}: {r.wall:7.3f} s, peak RSS {r.maxrss / MB:7.1f} MB"
                         + (f", POST at sink {d['sink_post']:.3f} s" if "sink_post" in d else ""))
             # hashing: the daemon (not submit) hashes each file before posting
-            from sisdropd.worker import sha256_of
+            from sisdropd.files import sha256_of
 
             t = time.perf_counter()
             sha256_of(path)

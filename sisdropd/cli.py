@@ -47,7 +47,8 @@ def _token(cfg: Config) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sisdropd import logs
-    from sisdropd.daemon import AlreadyRunning, Daemon
+    from sisdropd.daemon import Daemon
+    from sisdropd.folders import AlreadyRunning, Folders, lock
 
     cfg = _config(args)
     token = _token(cfg)
@@ -56,10 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.detach:
         # Refuse here, on the terminal that asked, what would make the detached child exit.
-        from sisdropd.daemon import AlreadyRunning, lock, make_folders
-
         try:
-            lock(make_folders(cfg)["state_dir"]).close()
+            folders = Folders.of(cfg)
+            folders.make()
+            lock(folders.state_dir).close()
         except AlreadyRunning as e:
             _err(str(e))
             return EXIT_FAILED

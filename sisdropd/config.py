@@ -61,6 +61,10 @@ class FoldersConfig:
         return Path(self.root) / (".sisdropd" if name == "state_dir" else name)
 
 
+#: The folders, by name: every field of FoldersConfig but root (the one place they are named).
+FOLDER_NAMES = tuple(f.name for f in fields(FoldersConfig) if f.name != "root")
+
+
 @dataclass(frozen=True)
 class WatchConfig:
     settle_seconds: float = 10.0
@@ -239,7 +243,7 @@ def _absolute(cfg: Config) -> Config:
         return str(Path(value).expanduser().absolute()) if value else value
 
     f = cfg.folders
-    fixed: dict[str, Any] = {n: fix(getattr(f, n)) for n in ("root", "inbox", "processing", "done", "failed", "held", "state_dir")}
+    fixed: dict[str, Any] = {n: fix(getattr(f, n)) for n in ("root", *FOLDER_NAMES)}
     folders = replace(f, **fixed)
     return replace(
         cfg,
@@ -365,9 +369,7 @@ def _check_values(cfg: Config) -> list[str]:
         out.append("canvas.timeout: must be greater than 0")
     if cfg.canvas.retry_initial <= 0 or cfg.canvas.retry_max < cfg.canvas.retry_initial:
         out.append("canvas.retry_initial/retry_max: need 0 < retry_initial <= retry_max")
-    if not cfg.folders.root and not all(
-        getattr(cfg.folders, n) for n in ("inbox", "processing", "done", "failed", "state_dir")
-    ):
+    if not cfg.folders.root and not all(getattr(cfg.folders, n) for n in FOLDER_NAMES if n != "held"):
         out.append("folders.root: missing (or give inbox, processing, done, failed, state_dir)")
     w = cfg.watch
     if w.marker is not None and (not w.marker.startswith(".") or "/" in w.marker or len(w.marker) < 2):

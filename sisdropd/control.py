@@ -11,11 +11,11 @@ import getpass
 import os
 import signal
 import time
-from pathlib import Path
 
 from sisdropd.canvas import CanvasClient, CanvasError, NotFound
 from sisdropd.config import Config
-from sisdropd.intake import move, stored_name
+from sisdropd.files import move
+from sisdropd.folders import lock_holder, pause_flag, stored_name
 from sisdropd.journal import FileRecord, Journal
 from sisdropd.lifecycle import State
 from sisdropd.logs import clean
@@ -37,10 +37,12 @@ def who() -> str:
 
 def poke(cfg: Config) -> None:
     """Wake a running daemon (SIGUSR1 to the pid in its lock file); quiet if none runs."""
+    pid = lock_holder(cfg.folders.path("state_dir"))
+    if pid is None:
+        return
     try:
-        pid = int((cfg.folders.path("state_dir") / "sisdropd.lock").read_text().split()[0])
         os.kill(pid, signal.SIGUSR1)
-    except (OSError, ValueError, IndexError):
+    except OSError:
         pass
 
 
@@ -145,7 +147,3 @@ def abort(cfg: Config, token: str) -> int:
         client.close()
     return _finish(cfg, j, "abort", rec.original_name, result, code)
 
-
-def pause_flag(state_dir: Path) -> Path:
-    """The file whose presence pauses the daemon (``sisdropd pause`` makes it, ``resume`` removes it)."""
-    return state_dir / "paused"

@@ -10,22 +10,18 @@ process exits 0 within 10 seconds. SIGHUP reopens the log file.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import signal
 import socket
 import threading
 import time
-from pathlib import Path
-from typing import IO
 
 from loguru import logger
 
 from sisdropd import __version__
 from sisdropd.canvas import CanvasClient
 from sisdropd.config import Config
-from sisdropd.control import pause_flag
+from sisdropd.folders import Folders, lock, pause_flag
 from sisdropd.journal import Journal
 from sisdropd.logs import reopen
 from sisdropd.metrics import Metrics
@@ -34,10 +30,6 @@ from sisdropd.watcher import Watcher
 from sisdropd.worker import Worker
 
 STOP_GRACE = 8.0  # seconds to wait for the threads before exiting anyway (< systemd's 10)
-
-
-class AlreadyRunning(Exception):
-    """Another sisdropd holds the lock on these folders."""
 
 
 def sd_notify(message: str) -> bool:
@@ -56,40 +48,6 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-def make_folders(cfg: Config) -> dict[str, Path]:
-    """Create inbox/, processing/, done/, failed/, held/ and the state dir if missing."""
-    out = {}
-    for name in ("inbox", "processing", "done", "failed", "held", "state_dir"):
-        p = cfg.folders.path(name)
-        p.mkdir(parents=True, exist_ok=True)
-        out[name] = p
-    if os.stat(out["inbox"]).st_dev != os.stat(out["processing"]).st_dev:
-        raise OSError(
-            errno.EXDEV,
-            "inbox/ and processing/ must be on one filesystem, so that taking a file is one atomic rename",
-        )
-    return out
-
-
-def lock(state_dir: Path) -> IO[str]:
-    """Hold ``<state_dir>/sisdropd.lock`` for the life of the process, or raise AlreadyRunning."""
-    f = open(state_dir / "sisdropd.lock", "a+")  # noqa: SIM115 - held open on purpose
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise AlreadyRunning(
-            f"another sisdropd (pid {pid}) is already running on {state_dir}; two daemons on one folder would post files twice"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
-
-
 class Daemon:
     """sisdropd run: everything the daemon holds, started by ``run`` until ``stop`` is set."""
 
@@ -99,9 +57,10 @@ class Daemon:
         self.hup = threading.Event()
         self.tick = threading.Event()  # SIGUSR1 from an operator command: act now
         self.paused = threading.Event()
-        self.folders = make_folders(cfg)
-        self._lock = lock(self.folders["state_dir"])
-        self.journal = Journal(self.folders["state_dir"])
+        self.folders = Folders.of(cfg)
+        self.folders.make()
+        self._lock = lock(self.folders.state_dir)
+        self.journal = Journal(self.folders.state_dir)
         c = cfg.canvas
         self.client = CanvasClient(
             c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
@@ -113,11 +72,11 @@ class Daemon:
         self._stuck_notified: set[int] = set()
         self._stale: float | None = None  # when the alerted silence began, while it lasts
         self.started = time.time()
-        if pause_flag(self.folders["state_dir"]).exists():
+        if pause_flag(self.folders.state_dir).exists():
             self.paused.set()
         w = cfg.watch
         self.watcher = Watcher(
-            self.folders["inbox"], self.worker.claim, extensions=w.extensions,
+            self.folders.inbox, self.worker.claim, extensions=w.extensions,
             settle_seconds=w.settle_seconds, polling=w.polling, rescan_interval=w.rescan_interval,
             paused=self.paused.is_set, on_taken=self.worker.wake.set, marker=w.marker,
         )
@@ -145,15 +104,15 @@ class Daemon:
         f = self.folders
         logger.info(
             "sisdropd {} starting: inbox {}, Canvas {} account {}, import {}",
-            __version__, f["inbox"], self.cfg.canvas.base_url, self.cfg.canvas.account_id, dict(self.cfg.import_params),
+            __version__, f.inbox, self.cfg.canvas.base_url, self.cfg.canvas.account_id, dict(self.cfg.import_params),
         )
         self.worker.recover()
         self.worker.start()
         self.watcher.start()
-        logger.info("watching {} (settle {:g}s, {})", f["inbox"], self.cfg.watch.settle_seconds, "polling" if self.cfg.watch.polling else "inotify")
+        logger.info("watching {} (settle {:g}s, {})", f.inbox, self.cfg.watch.settle_seconds, "polling" if self.cfg.watch.polling else "inotify")
         if self.paused.is_set():
             logger.warning("paused (sisdropd resume to take new files)")
-        sd_notify("READY=1\nSTATUS=watching " + str(f["inbox"]))
+        sd_notify("READY=1\nSTATUS=watching " + str(f.inbox))
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         ping = usec / 2e6 if usec else 30.0
         last_status = ""
@@ -182,7 +141,7 @@ class Daemon:
         for rid, command, name, who, result in self.journal.unlogged_requests():
             logger.bind(file=name).info("operator {} asked to {}: {}", who, command, result)
             self.journal.mark_logged(rid)
-        now_paused = pause_flag(self.folders["state_dir"]).exists()
+        now_paused = pause_flag(self.folders.state_dir).exists()
         if now_paused != self.paused.is_set():
             (self.paused.set if now_paused else self.paused.clear)()
             logger.warning("paused: no new files are taken") if now_paused else logger.info("resumed: taking new files")

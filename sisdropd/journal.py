@@ -23,6 +23,7 @@ from typing import Any
 
 from loguru import logger
 
+from sisdropd.folders import journal_file
 from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, State, check
 
 SCHEMA_VERSION = 2
@@ -152,7 +153,7 @@ class Journal:
         ``readonly`` is for ``status`` run by an operator who may only read the file: no
         schema, no pragma that writes. Raises ``sqlite3.OperationalError`` if it cannot.
         """
-        self.path = state_dir / "journal.sqlite3"
+        self.path = journal_file(state_dir)
         self._lock = threading.RLock()
         if readonly:
             self._db = sqlite3.connect(

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from sisdropd.intake import write_atomic
+from sisdropd.files import write_atomic
 from sisdropd.logs import clean, redact
 
 LabelKey = tuple[tuple[str, str], ...]

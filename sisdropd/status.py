@@ -17,7 +17,7 @@ from typing import Any
 from sisdropd import importer, preflight
 from sisdropd.canvas import CanvasClient, CanvasError, NotFound
 from sisdropd.config import Config, ConfigError, TokenError, load, read_token
-from sisdropd.control import pause_flag
+from sisdropd.folders import Folders, journal_file, pause_flag
 from sisdropd.journal import FileRecord, Journal
 from sisdropd.lifecycle import State
 from sisdropd.logs import add_secret, clean, redact
@@ -75,7 +75,7 @@ def _record_json(r: FileRecord) -> dict[str, Any]:
 def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> int:
     """Print the queue, the import in flight and the last outcomes from the journal."""
     state_dir = cfg.folders.path("state_dir")
-    if not (state_dir / "journal.sqlite3").exists():
+    if not journal_file(state_dir).exists():
         if as_json:
             print(json.dumps({"queued": [], "in_flight": None, "held": [], "recent": [], "journal": None}))
         else:
@@ -85,7 +85,7 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
         j = Journal(state_dir, readonly=True)
         j.meta("schema_version")  # touch it: a permission problem shows here
     except sqlite3.Error as e:
-        _out(f"cannot read the journal {state_dir / 'journal.sqlite3'}: {e} (run as the daemon's user, e.g. sudo -u sisdropd sisdropd status)")
+        _out(f"cannot read the journal {journal_file(state_dir)}: {e} (run as the daemon's user, e.g. sudo -u sisdropd sisdropd status)")
         return 1
     try:
         queued = j.queued()
@@ -200,8 +200,8 @@ def check(path: Path) -> int:
             _out(f"problem: config: {p}")
         return 1
     _out(f"ok: config {path}")
-    for name in ("inbox", "processing", "done", "failed", "held", "state_dir"):
-        folder = cfg.folders.path(name)
+    folders = Folders.of(cfg)
+    for name, folder in folders.items():
         probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
         if not folder.exists():
             if os.access(probe, os.W_OK | os.X_OK):
@@ -214,7 +214,7 @@ def check(path: Path) -> int:
             problems.append(f"{name} {folder}: not readable and writable by this user")
         else:
             _out(f"ok: {name} {folder}")
-    inbox, proc = cfg.folders.path("inbox"), cfg.folders.path("processing")
+    inbox, proc = folders.inbox, folders.processing
     if inbox.exists() and proc.exists() and inbox.stat().st_dev != proc.stat().st_dev:
         problems.append("inbox and processing are on different filesystems (a file could not be taken atomically)")
     try:

@@ -17,7 +17,6 @@ right step: the record says what may already have happened, never less.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -43,7 +42,8 @@ from sisdropd.canvas import (
 )
 from sisdropd.config import Config, TokenError, read_token
 from sisdropd.crashpoint import crashpoint
-from sisdropd.intake import fsync_dir, move, original_name, stored_name, write_atomic
+from sisdropd.files import fsync_dir, move, sha256_of, sha256_or_none, write_atomic
+from sisdropd.folders import Folders, original_name, stored_name
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import ACTIVE, State
 from sisdropd.logs import add_secret
@@ -51,19 +51,6 @@ from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
 
 SIDECAR_KEYS_VERSION = 1
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a regular file, read without following a symbolic link."""
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path.name} is not a regular file")
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Worker(threading.Thread):
@@ -79,7 +66,7 @@ class Worker(threading.Thread):
         self.client = client
         self.stop = stop
         self.wake = threading.Event()
-        self.folders = {n: cfg.folders.path(n) for n in ("inbox", "processing", "done", "failed", "held")}
+        self.folders = Folders.of(cfg)
         self.auth_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
         self.error_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
         self.notifier = notifier
@@ -98,7 +85,7 @@ class Worker(threading.Thread):
         """
         name = path.name
         stored = stored_name(name)
-        dest = self.folders["processing"] / stored
+        dest = self.folders.processing / stored
         truncated = self._truncated_verdict(path, st)
         if truncated == "wait":
             return False
@@ -121,7 +108,7 @@ class Worker(threading.Thread):
         if truncated:
             reason = f"looks truncated ({truncated}) and did not change for {self.cfg.watch.truncated_after:g}s"
             log_event(name).error("{}: not posted", reason)
-            self._fail(file_id, "truncated", reason, problems=[f"{name}: {reason}"], sha256=_maybe_sha(dest))
+            self._fail(file_id, "truncated", reason, problems=[f"{name}: {reason}"], sha256=sha256_or_none(dest))
         return True  # the watcher wakes the worker once per batch (on_taken)
 
     def _truncated_verdict(self, path: Path, st: os.stat_result) -> str | None:
@@ -154,9 +141,9 @@ class Worker(threading.Thread):
         """Reconcile processing/ with the journal after a stop or a crash."""
         records = self.journal.open_records()
         known = {r.stored_name for r in records}
-        proc = self.folders["processing"]
+        proc = self.folders.processing
         for rec in self.journal.in_states({State.HELD}):
-            if os.path.lexists(proc / rec.stored_name) and not os.path.lexists(self.folders["held"] / rec.stored_name):
+            if os.path.lexists(proc / rec.stored_name) and not os.path.lexists(self.folders.held / rec.stored_name):
                 self._park_held(rec)  # the hold was journaled, the move not yet done
                 known.add(rec.stored_name)
         for entry in sorted(os.scandir(proc), key=lambda e: e.name):
@@ -177,7 +164,7 @@ class Worker(threading.Thread):
                 continue
             log = log_event(rec.original_name, rec.import_id)
             if rec.state == State.FINISHING and rec.outcome:
-                dest = self.folders[rec.outcome] / rec.stored_name
+                dest = getattr(self.folders, rec.outcome) / rec.stored_name
                 if os.path.lexists(dest):
                     self.journal.transition(rec.id, State(rec.outcome), "move completed after restart")
                     log.info("finished before the restart: {}/{}", rec.outcome, rec.stored_name)
@@ -238,7 +225,7 @@ class Worker(threading.Thread):
         return log_event(rec.original_name, rec.import_id)
 
     def _path(self, rec: FileRecord) -> Path:
-        return self.folders["processing"] / rec.stored_name
+        return self.folders.processing / rec.stored_name
 
     # QUEUED -----------------------------------------------------------------------------
     def _prepare_and_post(self, rec: FileRecord) -> None:
@@ -264,7 +251,7 @@ class Worker(threading.Thread):
             reason = "rejected by the pre-flight check: " + (report.problems[0].message if report.problems else "?")
             for p in problems[:5]:
                 log.warning("rejected: {}", p)
-            self._fail(rec.id, "rejected", reason, problems=problems, sha256=_maybe_sha(path), size=report.size)
+            self._fail(rec.id, "rejected", reason, problems=problems, sha256=sha256_or_none(path), size=report.size)
             return
         if guard.applies(self.cfg.guard, params) and not rec.guard_accepted:
             key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
@@ -291,7 +278,7 @@ class Worker(threading.Thread):
         info = {"dataset": verdict.dataset, "why": verdict.why, "counts": verdict.table()}
         rec = self.journal.transition(
             rec.id, State.HELD, "change guard", outcome_reason=reason, guard=info, counts=counts,
-            sha256=_maybe_sha(self._path(rec)),
+            sha256=sha256_or_none(self._path(rec)),
         )
         self._park_held(rec)
         log = self._log(rec)
@@ -305,12 +292,12 @@ class Worker(threading.Thread):
             self.notifier.send(
                 "held",
                 {"file": rec.original_name, "import_id": None, "state": None, "reason": reason,
-                 "sidecar": str(self.folders["held"] / f"{rec.stored_name}.json"), "counts": info["counts"]},
+                 "sidecar": str(self.folders.held / f"{rec.stored_name}.json"), "counts": info["counts"]},
             )
 
     def _park_held(self, rec: FileRecord) -> None:
         """Sidecar, then the move into held/ (idempotent: start-up finishes a half-done one)."""
-        held = self.folders["held"]
+        held = self.folders.held
         held.mkdir(parents=True, exist_ok=True)
         write_atomic(held / f"{rec.stored_name}.json", self.sidecar(rec, None))
         move(self._path(rec), held / rec.stored_name)
@@ -477,10 +464,10 @@ class Worker(threading.Thread):
     def _finish(self, rec: FileRecord) -> None:
         log = self._log(rec)
         dest_state = State(rec.outcome or "failed")
-        dest_dir = self.folders[str(dest_state)]
+        dest_dir = getattr(self.folders, str(dest_state))
         src, dst = self._path(rec), dest_dir / rec.stored_name
-        if not os.path.lexists(src) and os.path.lexists(self.folders["held"] / rec.stored_name):
-            src = self.folders["held"] / rec.stored_name  # discarded while held
+        if not os.path.lexists(src) and os.path.lexists(self.folders.held / rec.stored_name):
+            src = self.folders.held / rec.stored_name  # discarded while held
         try:
             dest_dir.mkdir(parents=True, exist_ok=True)
             errors_file = rec.errors_file or self._save_errors_file(rec, dest_dir)
@@ -631,9 +618,3 @@ class Worker(threading.Thread):
 def _describe_params(params: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
-
-def _maybe_sha(path: Path) -> str | None:
-    try:
-        return sha256_of(path)
-    except OSError:
-        return None  # a link, FIFO or unreadable file: never read

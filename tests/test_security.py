@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sisdropd import intake, logs
+from sisdropd import folders, intake, logs
 from sisdropd.config import LogConfig
 from sisdropd.watcher import Watcher
 
@@ -161,8 +161,8 @@ names = st.text(
 @given(name=names)
 def test_names_are_safe_in_logs_and_round_trip(name: str) -> None:
     assert "\n" not in logs.escape(name) and "\r" not in logs.escape(name)
-    stored = intake.stored_name(name)
-    assert intake.original_name(stored) == name
+    stored = folders.stored_name(name)
+    assert folders.original_name(stored) == name
     assert len(os.fsencode(stored + ".errors.csv")) <= 255
 
 

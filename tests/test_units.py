@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sisdropd import config, importer, intake
+from sisdropd import config, files, folders, importer, intake
 from sisdropd.journal import Journal
 from sisdropd.lifecycle import State, TransitionError
 
@@ -125,16 +125,16 @@ def test_eligible_names(name: str, ok: bool) -> None:
 
 def test_stored_name_ends_with_original_and_fits() -> None:
     when = datetime(2026, 11, 27, 8, 0, 0, tzinfo=UTC)
-    s = intake.stored_name("users.csv", when)
+    s = folders.stored_name("users.csv", when)
     assert s.startswith("20261127T080000Z-") and s.endswith("-users.csv")
-    assert intake.original_name(s) == "users.csv"
-    assert intake.stored_name("users.csv", when) != s  # two drops of one name never collide
+    assert folders.original_name(s) == "users.csv"
+    assert folders.stored_name("users.csv", when) != s  # two drops of one name never collide
     long = "é" * 115 + ".csv"  # 234 bytes: the timestamp no longer fits, the tag does
-    s = intake.stored_name(long, when)
+    s = folders.stored_name(long, when)
     assert s.endswith("-" + long) and len(os.fsencode(s + ".errors.csv")) <= 255
-    assert intake.original_name("plain.csv") == "plain.csv"
+    assert folders.original_name("plain.csv") == "plain.csv"
     huge = "ü" * 126 + ".csv"  # 256 bytes: longer than any name the filesystem allows beside a suffix
-    s = intake.stored_name(huge, when)
+    s = folders.stored_name(huge, when)
     assert len(os.fsencode(s + ".errors.csv")) <= 255 and s.endswith("üü.csv")
     s.encode("utf-8")  # still valid UTF-8: not cut inside a character
 
@@ -144,11 +144,11 @@ def test_move_never_overwrites_and_finishes_a_half_move(tmp_path: Path) -> None:
     a.write_text("one")
     b.write_text("two")
     with pytest.raises(FileExistsError):
-        intake.move(a, b)
+        files.move(a, b)
     assert a.read_text() == "one" and b.read_text() == "two"
     c = tmp_path / "c"
     os.link(a, c)  # as if killed between link and unlink
-    intake.move(a, c)
+    files.move(a, c)
     assert not a.exists() and c.read_text() == "one"
 
 
