@@ -3,14 +3,14 @@
 ``classify`` is the one pure function that turns an HTTP answer or a transport error into
 what to do next (``Retryable``/``RateLimited``: try again later; ``TokenRejected``: 401;
 ``Forbidden``: SIS imports not enabled; ``Refused``: Canvas said no to this request;
-``NotFound``). Reads are retried with backoff by ``CanvasClient.call``; a create is sent
-exactly once per call (``create_import``) because only the caller can prove, by looking
-in Canvas's list, that a lost answer did not create an import.
+``NotFound``). Every safe request goes through one retry loop (``CanvasClient._retrying``):
+transient failures are retried with backoff until the request succeeds, the daemon stops
+or the caller's deadline passes. A create is sent exactly once per call
+(``create_import``) because only the caller can prove, by looking in Canvas's list, that a
+lost answer did not create an import; its body streams from disk (``upload``).
 
-Uploads stream from disk as ``multipart/form-data`` with a known Content-Length, in
-1 MiB blocks: memory does not grow with the file, and the part's file name (unique per
-drop) is what Canvas lists in ``csv_attachments``, which is how a crashed daemon finds its
-import again.
+``client_for`` builds the client from a ``Config``: the one place where the daemon, the
+one-shot ``submit`` and the operator's commands get theirs.
 """
 
 from __future__ import annotations
@@ -24,19 +24,22 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from sisdropd import __version__
-from sisdropd.crashpoint import crashpoint
 from sisdropd.logs import clean
+from sisdropd.upload import BLOCK, Cancelled, MultipartBody
 
-BLOCK = 1 << 20  # bytes per read and per socket send
+if TYPE_CHECKING:
+    from sisdropd.config import Config
+
 LOW_QUOTA = 100.0  # X-Rate-Limit-Remaining below this: slow down
 REFILL_PER_SECOND = 10.0  # Canvas's default leaky-bucket refill rate
+DOWNLOAD_ATTEMPTS = 5  # an errors file is worth a few tries, never a file kept waiting
 
 
 class Stopped(Exception):
@@ -147,77 +150,6 @@ def classify(resp: requests.Response | None = None, exc: BaseException | None = 
     return Refused(f"HTTP {status}: {msg}", status=status)
 
 
-class MultipartBody:
-    """A ``multipart/form-data`` body streamed from an open file, with a known length.
-
-    ``fields`` are sent first as plain form fields, then the file as part ``attachment``
-    named ``filename``. Reads come in blocks of up to ``BLOCK`` bytes; the file itself is
-    never held in memory. ``sent`` counts the file bytes handed to the socket so far.
-    """
-
-    def __init__(
-        self, f: IO[bytes], size: int, filename: str, fields: Mapping[str, str], content_type: str,
-        stop: threading.Event | None = None,
-    ) -> None:
-        self.stop = stop
-        self.boundary = "sisdropd-" + uuid.uuid4().hex
-        b = self.boundary
-        head = "".join(
-            f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()
-        )
-        head += (
-            f'--{b}\r\nContent-Disposition: form-data; name="attachment"; filename="{filename}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n"
-        )
-        self._parts: list[bytes | IO[bytes]] = [head.encode("utf-8"), f, f"\r\n--{b}--\r\n".encode()]
-        self._len = len(self._parts[0]) + size + len(self._parts[2])  # type: ignore[arg-type]
-        self._file = f
-        self._file_left = size
-        self._half = False
-        self._size = size
-        self.sent = 0
-
-    @property
-    def content_type(self) -> str:
-        return f"multipart/form-data; boundary={self.boundary}"
-
-    def __len__(self) -> int:
-        return self._len
-
-    def read(self, n: int = -1) -> bytes:
-        n = BLOCK if n is None or n < 0 else n
-        while self._parts:
-            part = self._parts[0]
-            if isinstance(part, bytes):
-                chunk, rest = part[:n], part[n:]
-                if rest:
-                    self._parts[0] = rest
-                else:
-                    self._parts.pop(0)
-                if chunk:
-                    return chunk
-                continue
-            if self.stop is not None and self.stop.is_set():
-                raise Stopped()  # cut the upload off: Canvas creates nothing from half a body
-            chunk = part.read(min(n, self._file_left)) if self._file_left > 0 else b""
-            if not chunk:
-                if self._file_left > 0:
-                    raise OSError(f"the file shrank while it was being sent ({self._file_left} bytes missing)")
-                self._parts.pop(0)
-                continue
-            self._file_left -= len(chunk)
-            self.sent += len(chunk)
-            if not self._half and self.sent * 2 >= self._size:
-                self._half = True
-                crashpoint("uploading")
-            return chunk
-        return b""
-
-    def __iter__(self) -> Iterator[bytes]:
-        while chunk := self.read(BLOCK):
-            yield chunk
-
-
 class _BigBlocks(HTTPAdapter):
     """urllib3 sends bodies in 16 KiB blocks by default; 1 MiB keeps up with the wire."""
 
@@ -319,26 +251,38 @@ class CanvasClient:
         if self.stop.wait(max(0.0, seconds)):
             raise Stopped()
 
-    # -- retried reads -----------------------------------------------------------------
-    def call(self, method: str, path: str, *, log: Any = None, deadline: float | None = None, **kw: Any) -> Any:
-        """Send a safe request, retrying transient failures with backoff; return its JSON.
+    # -- the one retry loop ----------------------------------------------------------------
+    def _retrying(
+        self, method: str, url: str, *, what: str, log: Any = None, deadline: float | None = None,
+        attempts: int | None = None, **kw: Any,
+    ) -> requests.Response:
+        """Send a safe request until it succeeds; return the 2xx answer.
 
-        Retries ``Retryable`` (network, timeouts, 5xx, rate limits) until it succeeds, the
-        daemon stops (``Stopped``) or ``deadline`` (time.time()) passes (then re-raises the
-        last error). Other ``CanvasError``s are raised at once.
+        ``Retryable`` failures (network, timeouts, 5xx, rate limits) are retried after
+        Canvas's Retry-After, else a growing backoff, each logged as "retrying ``what``".
+        Re-raises the last one when the next try would start after ``deadline``
+        (time.time()) or after ``attempts`` tries; raises ``Stopped`` if the daemon stops
+        meanwhile. Other ``CanvasError``s are raised at once.
         """
         backoff = Backoff(self.retry_initial, self.retry_max)
+        tries = 0
         while True:
+            tries += 1
             try:
-                return self.request(method, path, **kw).json()
+                return self.request(method, url, **kw)
             except Retryable as e:
                 delay = e.retry_after if e.retry_after is not None else backoff.next()
-                if deadline is not None and time.time() + delay > deadline:
+                if (deadline is not None and time.time() + delay > deadline) or (attempts is not None and tries >= attempts):
                     raise
                 self.retries[e.cause] += 1
                 if log is not None:
-                    log.warning("retrying {} {} in {:.1f}s: {}", method, _path_only(path), delay, e.message)
+                    log.warning("retrying {} in {:.1f}s: {}", what, delay, e.message)
                 self.wait(delay)
+
+    def call(self, method: str, path: str, *, log: Any = None, deadline: float | None = None, **kw: Any) -> Any:
+        """Send a safe request through the retry loop (see ``_retrying``); return its JSON."""
+        what = f"{method} {_path_only(path)}"
+        return self._retrying(method, path, what=what, log=log, deadline=deadline, **kw).json()
 
     # -- the API -----------------------------------------------------------------------
     def whoami(self, **kw: Any) -> dict[str, Any]:
@@ -352,26 +296,14 @@ class CanvasClient:
     ) -> Iterator[dict[str, Any]]:
         """Every import of the account, newest first, following ``Link: rel="next"``.
 
-        Each page is retried like ``call`` (until ``deadline``, if given).
+        Each page goes through the retry loop (until ``deadline``, if given).
         """
         params: dict[str, Any] = {"per_page": per_page}
         if created_since:
             params["created_since"] = created_since
         url: str | None = f"{self.account}/sis_imports"
         while url:
-            backoff = Backoff(self.retry_initial, self.retry_max)
-            while True:
-                try:
-                    resp = self.request("GET", url, params=params)
-                    break
-                except Retryable as e:
-                    delay = e.retry_after if e.retry_after is not None else backoff.next()
-                    if deadline is not None and time.time() + delay > deadline:
-                        raise
-                    self.retries[e.cause] += 1
-                    if log is not None:
-                        log.warning("retrying the list of imports in {:.1f}s: {}", delay, e.message)
-                    self.wait(delay)
+            resp = self._retrying("GET", url, what="the list of imports", log=log, deadline=deadline, params=params)
             yield from resp.json().get("sis_imports", [])
             url = resp.links.get("next", {}).get("url")
             params = {}  # the next link carries them
@@ -386,7 +318,8 @@ class CanvasClient:
 
         Streams ``path`` (or the already-open descriptor ``fd``) as multipart part
         ``attachment`` named ``upload_name``. Raises a ``CanvasError`` on any failure:
-        for a ``Retryable`` one, Canvas may or may not have created the import.
+        for a ``Retryable`` one, Canvas may or may not have created the import. Raises
+        ``Stopped`` when the daemon stops during the upload (Canvas got half a body).
         """
         fields = {k: _form_value(v) for k, v in params.items() if not (k == "multi_term_batch_mode" and v is False)}
         ext = upload_name.rsplit(".", 1)[-1].lower()
@@ -396,31 +329,28 @@ class CanvasClient:
             f.seek(0)
             size = os.fstat(f.fileno()).st_size
             body = MultipartBody(f, size, upload_name, fields, ctype, self.stop)
-            resp = self.request(
-                "POST",
-                f"{self.account}/sis_imports",
-                data=body,
-                headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
-            )
+            try:
+                resp = self.request(
+                    "POST",
+                    f"{self.account}/sis_imports",
+                    data=body,
+                    headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
+                )
+            except Cancelled:
+                raise Stopped() from None
         return resp.json()
 
     def download(self, url: str, dest: Path) -> int:
         """Save the file at ``url`` (an errors attachment) to ``dest``; returns its size.
 
-        The token is only sent when the URL is on the Canvas host itself.
+        The token is only sent when the URL is on the Canvas host itself. Tried at most
+        ``DOWNLOAD_ATTEMPTS`` times; raises the last ``CanvasError``, or OSError.
         """
         same_host = urlsplit(url).netloc == urlsplit(self.base).netloc
         headers = None if same_host else {"Authorization": None}
-        backoff = Backoff(self.retry_initial, self.retry_max)
-        for _ in range(5):
-            try:
-                resp = self.request("GET", url, stream=True, headers=headers)
-                break
-            except Retryable as e:
-                self.retries[e.cause] += 1
-                self.wait(backoff.next())
-        else:
-            raise Retryable("errors file download kept failing")
+        resp = self._retrying(
+            "GET", url, what="the errors file", attempts=DOWNLOAD_ATTEMPTS, stream=True, headers=headers
+        )
         # A hidden temporary name: whoever watches done/ sees the errors file whole or not at all.
         tmp = dest.with_name(f".sisdropd-{uuid.uuid4().hex[:16]}.tmp")
         n = 0
@@ -436,6 +366,28 @@ class CanvasClient:
             tmp.unlink(missing_ok=True)
             raise
         return n
+
+
+def client_for(
+    cfg: Config, token: str, *, stop: threading.Event | None = None,
+    patience: Literal["daemon", "submit", "command"] = "daemon",
+) -> CanvasClient:
+    """The client for ``cfg``'s Canvas account.
+
+    ``patience`` says how long a retry may wait: "daemon" as configured (retry_initial up
+    to retry_max); "submit" the same, capped at a minute (someone runs it from a script);
+    "command" 1 to 5 seconds (an operator waits at a shell).
+    """
+    c = cfg.canvas
+    initial, cap = c.retry_initial, c.retry_max
+    if patience == "submit":
+        cap = min(cap, 60.0)
+    elif patience == "command":
+        initial, cap = 1.0, 5.0
+    return CanvasClient(
+        c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
+        retry_initial=initial, retry_max=cap, stop=stop,
+    )
 
 
 def _form_value(v: Any) -> str:

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 
-from sisdropd.canvas import CanvasClient, CanvasError, NotFound
+from sisdropd.canvas import CanvasError, NotFound, client_for
 from sisdropd.config import Config
 from sisdropd.files import move
 from sisdropd.folders import lock_holder, pause_flag, stored_name
@@ -134,7 +134,7 @@ def abort(cfg: Config, token: str) -> int:
         return _finish(cfg, j, "abort", None, "nothing in flight to abort", 1)
     rec = running[0]
     c = cfg.canvas
-    client = CanvasClient(c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle, retry_initial=1, retry_max=5)
+    client = client_for(cfg, token, patience="command")
     try:
         assert rec.import_id is not None
         imp = client.abort(rec.import_id, deadline=time.time() + c.timeout)

@@ -19,7 +19,7 @@ import time
 from loguru import logger
 
 from sisdropd import __version__
-from sisdropd.canvas import CanvasClient
+from sisdropd.canvas import client_for
 from sisdropd.config import Config
 from sisdropd.folders import Folders, lock, pause_flag
 from sisdropd.journal import Journal
@@ -61,12 +61,8 @@ class Daemon:
         self.folders.make()
         self._lock = lock(self.folders.state_dir)
         self.journal = Journal(self.folders.state_dir)
-        c = cfg.canvas
-        self.client = CanvasClient(
-            c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
-            retry_initial=c.retry_initial, retry_max=c.retry_max, stop=self.stop,
-        )
-        self.notifier = Notifier(cfg.notify, ca_bundle=c.ca_bundle)
+        self.client = client_for(cfg, token, stop=self.stop)
+        self.notifier = Notifier(cfg.notify, ca_bundle=cfg.canvas.ca_bundle)
         self.metrics = Metrics(cfg.metrics.textfile)
         self.worker = Worker(cfg, self.journal, self.client, self.stop, notifier=self.notifier)
         self._stuck_notified: set[int] = set()

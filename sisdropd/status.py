@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sisdropd import importer, preflight
-from sisdropd.canvas import CanvasClient, CanvasError, NotFound
+from sisdropd.canvas import CanvasError, NotFound, client_for
 from sisdropd.config import Config, ConfigError, TokenError, load, read_token
 from sisdropd.folders import Folders, journal_file, pause_flag
 from sisdropd.journal import FileRecord, Journal
@@ -143,7 +143,7 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
 def canvas_status(cfg: Config, token: str, import_id: int, *, as_json: bool = False) -> int:
     """Print one SIS import as Canvas reports it; 1 if Canvas does not know it."""
     c = cfg.canvas
-    client = CanvasClient(c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle, retry_initial=1, retry_max=5)
+    client = client_for(cfg, token, patience="command")
     try:
         imp = client.get_import(import_id, deadline=time.time() + c.timeout)
     except NotFound:
@@ -226,7 +226,7 @@ def check(path: Path) -> int:
         token = ""
     if token:
         c = cfg.canvas
-        client = CanvasClient(c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle, retry_initial=1, retry_max=5)
+        client = client_for(cfg, token, patience="command")
         try:
             me = client.whoami(deadline=time.time() + c.timeout)
             _out(f"ok: Canvas {c.base_url} accepts the token (user {me.get('id')}, {me.get('name')})")

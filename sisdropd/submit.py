@@ -14,13 +14,13 @@ from pathlib import Path
 
 from sisdropd import importer, preflight
 from sisdropd.canvas import (
-    CanvasClient,
     CanvasError,
     Forbidden,
     NotFound,
     Refused,
     Retryable,
     TokenRejected,
+    client_for,
 )
 from sisdropd.config import Config
 from sisdropd.logs import clean, redact
@@ -46,10 +46,7 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
             _print(f"rejected: {p}")
         return 1
     c = cfg.canvas
-    client = CanvasClient(
-        c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
-        retry_initial=c.retry_initial, retry_max=min(c.retry_max, 60.0),
-    )
+    client = client_for(cfg, token, patience="submit")
     upload = importer.upload_name(path.name)
     started = time.time()
     deadline = started + w.max_wait
