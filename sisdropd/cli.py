@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     daemon.install_signals()
     code = daemon.run()
-    if daemon.worker.is_alive():  # stuck in a blocking call: the journal has its place
+    if daemon.worker_thread.is_alive():  # stuck in a blocking call: the journal has its place
         sys.stderr.flush()
         os._exit(code)
     return code
@@ -150,12 +150,8 @@ def cmd_control(args: argparse.Namespace) -> int:
     from sisdropd import control
 
     cfg = _config(args)
-    c = args.command
-    if c in ("release", "discard", "retry"):
-        return int(getattr(control, c)(cfg, args.name))
-    if c in ("pause", "resume"):
-        return control.pause(cfg, c == "pause")
-    return control.abort(cfg, _token(cfg))
+    token = _token(cfg) if args.command == "abort" else None
+    return control.run(cfg, args.command, getattr(args, "name", None), token)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""The running daemon: folders, lock, watcher and worker wired together; signals; systemd.
+"""The running daemon: folders, lock, watcher, intake and worker wired together; signals;
+systemd; health; metrics; the stuck and silence watches.
 
 Signal handlers only set events. The main thread waits on those events and, between
 them, tells systemd how things are (``READY=1``, ``STATUS=``, ``WATCHDOG=1`` while the
@@ -18,10 +19,11 @@ import time
 
 from loguru import logger
 
-from sisdropd import __version__
+from sisdropd import __version__, recovery
 from sisdropd.canvas import client_for
 from sisdropd.config import Config
 from sisdropd.folders import Folders, lock, pause_flag
+from sisdropd.intake import Intake
 from sisdropd.journal import Journal
 from sisdropd.logs import reopen
 from sisdropd.metrics import Metrics
@@ -64,7 +66,9 @@ class Daemon:
         self.client = client_for(cfg, token, stop=self.stop)
         self.notifier = Notifier(cfg.notify, ca_bundle=cfg.canvas.ca_bundle)
         self.metrics = Metrics(cfg.metrics.textfile)
-        self.worker = Worker(cfg, self.journal, self.client, self.stop, notifier=self.notifier)
+        self.worker = Worker(cfg, self.journal, self.client, self.folders, stop=self.stop, notifier=self.notifier)
+        self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
+        self.intake = Intake(cfg, self.journal, self.folders)
         self._stuck_notified: set[int] = set()
         self._stale: float | None = None  # when the alerted silence began, while it lasts
         self.started = time.time()
@@ -72,9 +76,8 @@ class Daemon:
             self.paused.set()
         w = cfg.watch
         self.watcher = Watcher(
-            self.folders.inbox, self.worker.claim, extensions=w.extensions,
-            settle_seconds=w.settle_seconds, polling=w.polling, rescan_interval=w.rescan_interval,
-            paused=self.paused.is_set, on_taken=self.worker.wake.set, marker=w.marker,
+            self.folders.inbox, self.intake, settle_seconds=w.settle_seconds, polling=w.polling,
+            rescan_interval=w.rescan_interval, paused=self.paused.is_set, on_taken=self.worker.wake.set,
         )
 
     def request_stop(self) -> None:
@@ -102,8 +105,8 @@ class Daemon:
             "sisdropd {} starting: inbox {}, Canvas {} account {}, import {}",
             __version__, f.inbox, self.cfg.canvas.base_url, self.cfg.canvas.account_id, dict(self.cfg.import_params),
         )
-        self.worker.recover()
-        self.worker.start()
+        recovery.recover(self.cfg, self.journal, self.folders)
+        self.worker_thread.start()
         self.watcher.start()
         logger.info("watching {} (settle {:g}s, {})", f.inbox, self.cfg.watch.settle_seconds, "polling" if self.cfg.watch.polling else "inotify")
         if self.paused.is_set():
@@ -206,7 +209,7 @@ class Daemon:
     def healthy(self) -> bool:
         """The threads are alive and the worker is not wedged (it wakes at least every 5 s)."""
         busy = self.worker.current is not None  # a long upload or poll is not a hang
-        return self.worker.is_alive() and self.watcher.alive() and (busy or time.monotonic() - self.worker.last_step < 60)
+        return self.worker_thread.is_alive() and self.watcher.alive() and (busy or time.monotonic() - self.worker.last_step < 60)
 
     def shutdown(self) -> int:
         sd_notify("STOPPING=1")
@@ -215,13 +218,13 @@ class Daemon:
         deadline = time.monotonic() + STOP_GRACE
         self.watcher.stop()
         self.worker.wake.set()
-        self.worker.join(timeout=max(0.1, deadline - time.monotonic()))
+        self.worker_thread.join(timeout=max(0.1, deadline - time.monotonic()))
         if self.metrics:
             self.publish()
             self.metrics.set("sisdropd_up", 0)
             self.metrics.write()
         self.notifier.close(timeout=max(0.1, deadline - time.monotonic()))
-        if self.worker.is_alive():
+        if self.worker_thread.is_alive():
             logger.warning("the worker did not stop in time; exiting anyway (the journal has its place)")
             return 0
         self.client.close()

@@ -1,8 +1,10 @@
 """Seeing files arrive: a watchdog observer, a start-up scan, a periodic rescan, and settling.
 
 The observer's handler only hands a name to the settler (inside try/except: an exception
-in a watchdog handler silently kills its thread). The settler keeps the candidates and
-takes each once its size, mtime and ctime have not changed for ``settle_seconds``: it
+in a watchdog handler silently kills its thread). Which entry a name concerns, and what
+taking one means, is the intake's business (``intake.Intake``): the settler keeps the
+candidates and hands each to ``Intake.take`` once its size, mtime and ctime have not
+changed for ``settle_seconds``: it
 wakes exactly when the next candidate is due, or when an event comes, and sleeps on an
 event otherwise, so an idle daemon costs nothing. A full listing of the inbox at start and
 every ``rescan_interval`` catches whatever the events missed (an inotify overflow, an
@@ -22,18 +24,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from sisdropd.intake import eligible
+from sisdropd.intake import Taken
 from sisdropd.logs import event as log_event
 
-# Called with (path, lstat result) for a settled entry; returns True once it has been taken.
-TakeFn = Callable[[Path, os.stat_result], bool]
+
+class Intake(Protocol):
+    """What the watcher needs of ``intake.Intake``."""
+
+    def consider(self, name: str) -> str | None: ...
+
+    def take(self, path: Path, st: os.stat_result) -> Taken: ...
 
 
 @dataclass
@@ -63,7 +70,7 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
-    """Watches ``inbox`` and calls ``take`` for each entry once it has settled.
+    """Watches ``inbox`` and calls ``intake.take`` for each entry once it has settled.
 
     ``paused()`` is asked before each take: while it returns True nothing is taken (the
     candidates are kept). ``on_taken()`` is called after each pass that took something.
@@ -73,26 +80,22 @@ class Watcher:
     def __init__(
         self,
         inbox: Path,
-        take: TakeFn,
+        intake: Intake,
         *,
-        extensions: tuple[str, ...],
         settle_seconds: float,
         polling: bool = False,
         rescan_interval: float = 60.0,
         paused: Callable[[], bool] = lambda: False,
         on_taken: Callable[[], None] = lambda: None,
         polling_interval: float = 2.0,
-        marker: str | None = None,
     ) -> None:
         self.inbox = inbox
-        self.take = take
-        self.extensions = extensions
+        self.intake = intake
         self.settle = settle_seconds
         self.polling = polling
         self.rescan_interval = rescan_interval
         self.paused = paused
         self.on_taken = on_taken
-        self.marker = marker
         self.polling_interval = polling_interval
         self._cands: dict[str, _Candidate] = {}
         self._lock = threading.Lock()
@@ -129,18 +132,18 @@ class Watcher:
 
     # -- input --------------------------------------------------------------------------
     def touch(self, path: str) -> None:
-        """An event named ``path``: consider it if it is an eligible name directly in inbox/."""
+        """An event named ``path``: consider the entry it concerns, if one directly in inbox/."""
         p = Path(path)
-        is_marker = bool(self.marker) and p.name.endswith(self.marker or "")
-        if is_marker:
-            p = p.with_name(p.name[: -len(self.marker or "")])  # a marker arrived: look at its file
-        if p.parent != self.inbox or not eligible(p.name, self.extensions):
+        if p.parent != self.inbox:
+            return
+        name = self.intake.consider(p.name)
+        if name is None:
             return
         with self._lock:
-            known = p.name in self._cands
+            known = name in self._cands
             if not known:
-                self._cands[p.name] = _Candidate(sig=(-1, -1, -1, -1, -1), quiet_since=time.monotonic())
-        if not known or is_marker:
+                self._cands[name] = _Candidate(sig=(-1, -1, -1, -1, -1), quiet_since=time.monotonic())
+        if not known or name != p.name:  # new, or news about it (its marker): look now
             self._wake.set()
 
     def poke(self) -> None:
@@ -153,7 +156,7 @@ class Watcher:
         try:
             with os.scandir(self.inbox) as it:
                 for entry in it:
-                    if eligible(entry.name, self.extensions):
+                    if self.intake.consider(entry.name) == entry.name:
                         self.touch(entry.path)
                         n += 1
         except OSError as e:
@@ -223,8 +226,6 @@ class Watcher:
             if now < due:
                 next_due = min(next_due, due)
                 continue
-            if self.marker and not os.path.lexists(self.inbox / (name + self.marker)):
-                continue  # settled, but the sender has not said it is complete: wait for the marker
             if not paused:
                 settled.append((st.st_mtime_ns, name, path, st, cand))
         # Take what settled together oldest first, then tell the worker once: files that
@@ -233,23 +234,19 @@ class Watcher:
         taken_any = False
         for _mt, name, path, st, cand in settled:
             try:
-                taken = self.take(path, st)
+                taken = self.intake.take(path, st)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                 log_event(name).error("could not take the file: {}", e)
-                taken = False
-            if taken:
+                taken = Taken.RETRY
+            if taken == Taken.TAKEN:
                 self._forget(name)
                 if not taken_any:
                     self.on_taken()  # the oldest is in: the worker may start while the rest follow
                 taken_any = True
-                if self.marker:
-                    try:
-                        os.unlink(self.inbox / (name + self.marker))
-                    except OSError:
-                        pass
-            else:
+            elif taken == Taken.RETRY:
                 cand.retry_at = now + max(1.0, self.settle)
                 next_due = min(next_due, cand.retry_at)
+            # Taken.WAIT: nothing is due until an event (its marker) wakes the settler
         if taken_any:
             self.on_taken()
         return next_due

@@ -1,33 +1,34 @@
-"""The worker: one thread that takes each file through its life, one import at a time.
+"""The worker: takes each file through its life, one import at a time.
 
-``Worker.claim`` is called by the watcher for a settled inbox entry: it renames the entry
-into processing/ and records it QUEUED. ``Worker.run`` then repeatedly picks the journal's
-next file (an import already under way first, else the oldest mtime) and performs the
-one step its state calls for:
+``Worker.run`` (the daemon's worker thread) and ``Worker.drain`` (the calling thread,
+until nothing is left: tests, tools) repeatedly pick the journal's next file (an import
+already under way first, else the oldest mtime) and perform the one step its state calls
+for:
 
-    QUEUED     pre-flight check; rejected -> FINISHING(failed); else record the post -> POSTING, post
+    QUEUED     pre-flight check; rejected -> FINISHING(failed); held by the change guard
+               -> HELD; else record the post -> POSTING, and post
     POSTING    (answer lost, or a restart) look in Canvas's list: found -> RUNNING;
-               provably absent -> QUEUED (post again); pending look-alike -> ask again later
+               provably absent for the grace period -> QUEUED (post again);
+               a pending look-alike -> ask again later
     RUNNING    follow the import to its final state, or max_wait -> FINISHING
-    FINISHING  errors file, sidecar, then the move into done/ or failed/ -> DONE / FAILED
+    FINISHING  errors file, sidecar, the move into done/ or failed/ -> DONE / FAILED
 
 Every step is journaled before its effect, so a SIGKILL at any instant resumes at the
-right step: the record says what may already have happened, never less.
+right step: the record says what may already have happened, never less. Files arrive
+through ``intake``; start-up repairs are ``recovery``'s; the end of a file's life is
+``outcome``'s; held/ is ``operator``'s.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import stat
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
-from sisdropd import __version__, guard, importer, preflight
+from sisdropd import guard, importer, operator, outcome, preflight
 from sisdropd.canvas import (
     Backoff,
     CanvasClient,
@@ -42,174 +43,101 @@ from sisdropd.canvas import (
 )
 from sisdropd.config import Config, TokenError, read_token
 from sisdropd.crashpoint import crashpoint
-from sisdropd.files import fsync_dir, move, sha256_of, sha256_or_none, write_atomic
-from sisdropd.folders import Folders, original_name, stored_name
+from sisdropd.files import sha256_of, sha256_or_none
+from sisdropd.folders import Folders
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import ACTIVE, State
 from sisdropd.logs import add_secret
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
 
-SIDECAR_KEYS_VERSION = 1
+IDLE_WAKE = 5.0  # seconds: the loop wakes at least this often, so a watchdog sees it alive
 
 
-class Worker(threading.Thread):
+class Worker:
     """Imports taken files one at a time. ``stop`` ends it at the next checkpoint."""
 
     def __init__(
-        self, cfg: Config, journal: Journal, client: CanvasClient, stop: threading.Event,
-        notifier: Notifier | None = None,
+        self, cfg: Config, journal: Journal, client: CanvasClient, folders: Folders, *,
+        stop: threading.Event, notifier: Notifier | None = None,
     ) -> None:
-        super().__init__(name="worker", daemon=True)
         self.cfg = cfg
         self.journal = journal
         self.client = client
+        self.folders = folders
         self.stop = stop
-        self.wake = threading.Event()
-        self.folders = Folders.of(cfg)
+        self.notifier = notifier
+        self.wake = threading.Event()  # set when a file was taken or an operator asked something
         self.auth_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
         self.error_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
-        self.notifier = notifier
-        self._truncated: dict[str, tuple[tuple[int, int, int], float]] = {}  # name -> (signature, since)
-        self.current: FileRecord | None = None
+        self.finisher = outcome.Finisher(cfg, journal, client, folders, notifier)
         # How long a post that got no answer may still be turning into an import at Canvas.
         self.post_grace = 2 * cfg.canvas.timeout
         self._absent_since: dict[int, float] = {}
+        self.current: FileRecord | None = None
         self.last_step = time.monotonic()
-
-    # -- intake (called from the watcher's thread) ------------------------------------
-    def claim(self, path: Path, st: os.stat_result) -> bool:
-        """Take a settled inbox entry: rename it into processing/ and record it QUEUED.
-
-        Returns True when the entry is dealt with (taken, or gone), False to try later.
-        """
-        name = path.name
-        stored = stored_name(name)
-        dest = self.folders.processing / stored
-        truncated = self._truncated_verdict(path, st)
-        if truncated == "wait":
-            return False
-        try:
-            now = os.lstat(path)
-            if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-                return False  # changed since it settled: settle again
-            os.rename(path, dest)
-        except FileNotFoundError:
-            return True  # deleted before it was taken: nothing of ours to lose
-        except OSError as e:
-            log_event(name).error("cannot move it into {}: {} (will try again)", dest.parent, e.strerror)
-            return False
-        fsync_dir(path.parent)
-        fsync_dir(dest.parent)
-        crashpoint("claimed")
-        file_id = self.journal.add(original_name=name, stored_name=stored, size=st.st_size, mtime=st.st_mtime)
-        kind = "" if stat.S_ISREG(st.st_mode) else " (not a regular file)"
-        log_event(name).info("taken{}: {} bytes -> processing/{}", kind, st.st_size, stored)
-        if truncated:
-            reason = f"looks truncated ({truncated}) and did not change for {self.cfg.watch.truncated_after:g}s"
-            log_event(name).error("{}: not posted", reason)
-            self._fail(file_id, "truncated", reason, problems=[f"{name}: {reason}"], sha256=sha256_or_none(dest))
-        return True  # the watcher wakes the worker once per batch (on_taken)
-
-    def _truncated_verdict(self, path: Path, st: os.stat_result) -> str | None:
-        """None: looks whole, take it. "wait": looks cut short, leave it in the inbox.
-        Any other text: still cut short after ``truncated_after``; take it to fail it."""
-        limit = self.cfg.watch.truncated_after
-        marker = self.cfg.watch.marker
-        if limit <= 0 or (marker and os.path.lexists(path.with_name(path.name + marker))):
-            return None  # off, or the sender's marker says the file is complete
-        why = preflight.looks_truncated(path)
-        key = path.name
-        if why is None:
-            self._truncated.pop(key, None)
-            return None
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-        seen = self._truncated.get(key)
-        if seen is None or seen[0] != sig:
-            self._truncated[key] = (sig, time.monotonic())
-            log_event(key).warning(
-                "looks truncated ({}): waiting for it to change (sent to failed/ after {:g}s unchanged)", why, limit
-            )
-            return "wait"
-        if time.monotonic() - seen[1] < limit:
-            return "wait"
-        self._truncated.pop(key, None)
-        return why
-
-    # -- start-up ------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Reconcile processing/ with the journal after a stop or a crash."""
-        records = self.journal.open_records()
-        known = {r.stored_name for r in records}
-        proc = self.folders.processing
-        for rec in self.journal.in_states({State.HELD}):
-            if os.path.lexists(proc / rec.stored_name) and not os.path.lexists(self.folders.held / rec.stored_name):
-                self._park_held(rec)  # the hold was journaled, the move not yet done
-                known.add(rec.stored_name)
-        for entry in sorted(os.scandir(proc), key=lambda e: e.name):
-            if entry.name.startswith(".") or entry.name in known:
-                continue
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                continue
-            back = self.journal.find_by_name(entry.name, {State.HELD, State.FAILED})
-            if back:  # a release or retry moved the file back, then stopped before journaling
-                accepted = 1 if back[0].state == State.HELD else back[0].guard_accepted
-                self.journal.transition(back[0].id, State.QUEUED, "requeued (completed after restart)", guard_accepted=accepted, next_attempt=0)
-                continue
-            self.journal.add(original_name=original_name(entry.name), stored_name=entry.name, size=st.st_size, mtime=st.st_mtime)
-            log_event(original_name(entry.name)).warning("found in processing/ with no record: taken again")
-        for rec in self.journal.open_records():
-            if os.path.lexists(proc / rec.stored_name):
-                continue
-            log = log_event(rec.original_name, rec.import_id)
-            if rec.state == State.FINISHING and rec.outcome:
-                dest = getattr(self.folders, rec.outcome) / rec.stored_name
-                if os.path.lexists(dest):
-                    self.journal.transition(rec.id, State(rec.outcome), "move completed after restart")
-                    log.info("finished before the restart: {}/{}", rec.outcome, rec.stored_name)
-                    continue
-            self.journal.transition(rec.id, State.LOST, "file vanished from processing/")
-            log.error("the file vanished from processing/ while {}; its record is closed", rec.state)
-        open_now = self.journal.open_records()
-        if open_now:
-            running = [r for r in open_now if r.state in ACTIVE]
-            logger.info(
-                "resuming: {} file(s) queued{}",
-                len(open_now) - len(running),
-                "".join(f", {r.original_name} #{r.import_id or '?'} {r.state}" for r in running),
-            )
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
+        """Work until ``stop`` is set (the daemon's worker thread)."""
         while not self.stop.is_set():
             self.last_step = time.monotonic()
             rec = self.journal.next_queued()
+            self.current = rec
             if rec is None:
-                self.current = None
                 self._sleep(None)
                 continue
-            self.current = rec
             delay = rec.next_attempt - time.time()
             if delay > 0:
                 self._sleep(delay)
                 continue
-            try:
-                self.step(rec)
-                self.error_backoff.reset()
-            except Stopped:
+            if not self._attempt(rec):
                 break
-            except Exception as e:  # noqa: BLE001 - a bug must not stop the daemon
-                delay = self.error_backoff.next()
-                logger.opt(exception=e).bind(file=rec.original_name, import_id=rec.import_id).error(
-                    "unexpected error in state {} (retrying in {:.0f}s): {}", rec.state, delay, e
-                )
-                self.journal.update(rec.id, next_attempt=time.time() + delay, last_error=str(e)[:500])
         self.current = None
 
+    def drain(self, timeout: float) -> bool:
+        """Run the steps on the calling thread until no open record is left.
+
+        Honours each record's ``next_attempt`` by waiting for it, as the loop does. Returns
+        True when nothing is left to do (every file DONE, FAILED, HELD or LOST), False when
+        ``timeout`` seconds passed first or ``stop`` was set. A step already begun is never
+        cut short by the timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set():
+            rec = self.journal.next_queued()
+            if rec is None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            delay = rec.next_attempt - time.time()
+            if delay > 0:
+                self.stop.wait(min(delay, left))
+                continue
+            self.current = rec
+            if not self._attempt(rec):
+                break
+        self.current = None
+        return False
+
+    def _attempt(self, rec: FileRecord) -> bool:
+        """``step(rec)``; a bug is logged and retried later. False when the daemon is stopping."""
+        try:
+            self.step(rec)
+            self.error_backoff.reset()
+        except Stopped:
+            return False
+        except Exception as e:  # noqa: BLE001 - a bug must not stop the daemon
+            delay = self.error_backoff.next()
+            logger.opt(exception=e).bind(file=rec.original_name, import_id=rec.import_id).error(
+                "unexpected error in state {} (retrying in {:.0f}s): {}", rec.state, delay, e
+            )
+            self.journal.update(rec.id, next_attempt=time.time() + delay, last_error=str(e)[:500])
+        return True
+
     def _sleep(self, seconds: float | None) -> None:
-        # Wake at least every 5 s so a systemd watchdog can see this thread is alive.
-        self.wake.wait(5.0 if seconds is None else min(seconds, 5.0))
+        self.wake.wait(IDLE_WAKE if seconds is None else min(seconds, IDLE_WAKE))
         self.wake.clear()
 
     def step(self, rec: FileRecord) -> None:
@@ -224,12 +152,9 @@ class Worker(threading.Thread):
     def _log(self, rec: FileRecord) -> Any:
         return log_event(rec.original_name, rec.import_id)
 
-    def _path(self, rec: FileRecord) -> Path:
-        return self.folders.processing / rec.stored_name
-
     # QUEUED -----------------------------------------------------------------------------
     def _prepare_and_post(self, rec: FileRecord) -> None:
-        path, log = self._path(rec), self._log(rec)
+        path, log = self.folders.processing / rec.stored_name, self._log(rec)
         if not os.path.lexists(path):
             self.journal.transition(rec.id, State.LOST, "vanished before it was posted")
             log.error("the file vanished from processing/ before it was posted; record closed")
@@ -251,13 +176,13 @@ class Worker(threading.Thread):
             reason = "rejected by the pre-flight check: " + (report.problems[0].message if report.problems else "?")
             for p in problems[:5]:
                 log.warning("rejected: {}", p)
-            self._fail(rec.id, "rejected", reason, problems=problems, sha256=sha256_or_none(path), size=report.size)
+            outcome.fail(self.journal, rec.id, "rejected", reason, problems=problems, sha256=sha256_or_none(path), size=report.size)
             return
         if guard.applies(self.cfg.guard, params) and not rec.guard_accepted:
             key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
             verdict = guard.judge(self.cfg.guard, key, self.journal.dataset_counts(key), report.counts)
             if verdict.hold:
-                self._hold(rec, verdict, report.counts)
+                operator.hold(self.cfg, self.journal, self.folders, rec, verdict, report.counts, self.notifier)
                 return
         user_id = self._our_user_id(rec)
         if user_id is None:
@@ -271,36 +196,6 @@ class Worker(threading.Thread):
         )
         crashpoint("before_post")
         self._post(rec)
-
-    def _hold(self, rec: FileRecord, verdict: guard.Verdict, counts: dict[str, int]) -> None:
-        """QUEUED -> HELD: the file waits in held/ for an operator (release or discard)."""
-        reason = f"held by the change guard: {verdict.why}"
-        info = {"dataset": verdict.dataset, "why": verdict.why, "counts": verdict.table()}
-        rec = self.journal.transition(
-            rec.id, State.HELD, "change guard", outcome_reason=reason, guard=info, counts=counts,
-            sha256=sha256_or_none(self._path(rec)),
-        )
-        self._park_held(rec)
-        log = self._log(rec)
-        log.warning("{}; it waits in held/ (sisdropd release {} / discard {})", reason, rec.original_name, rec.original_name)
-        for row in verdict.table():
-            log.warning(
-                "  {}: last import {} rows, this file {} rows ({}%)", row["type"], row["last_import"], row["this_file"],
-                "n/a" if row["change_percent"] is None else f"{row['change_percent']:+g}",
-            )
-        if self.notifier is not None:
-            self.notifier.send(
-                "held",
-                {"file": rec.original_name, "import_id": None, "state": None, "reason": reason,
-                 "sidecar": str(self.folders.held / f"{rec.stored_name}.json"), "counts": info["counts"]},
-            )
-
-    def _park_held(self, rec: FileRecord) -> None:
-        """Sidecar, then the move into held/ (idempotent: start-up finishes a half-done one)."""
-        held = self.folders.held
-        held.mkdir(parents=True, exist_ok=True)
-        write_atomic(held / f"{rec.stored_name}.json", self.sidecar(rec, None))
-        move(self._path(rec), held / rec.stored_name)
 
     def _our_user_id(self, rec: FileRecord) -> int | None:
         """The token's Canvas user id (cached), used to recognise our imports after a crash."""
@@ -319,14 +214,14 @@ class Worker(threading.Thread):
     def _post(self, rec: FileRecord) -> None:
         log = self._log(rec)
         params = self.cfg.params_for(rec.original_name)
-        log.info("posting {} bytes as {} ({})", rec.size, rec.upload_name, _describe_params(params))
+        log.info("posting {} bytes as {} ({})", rec.size, rec.upload_name, ", ".join(f"{k}={v}" for k, v in params.items()))
         started = time.monotonic()
         try:
-            imp = self.client.create_import(self._path(rec), upload_name=rec.upload_name or "", params=params)
+            imp = self.client.create_import(self.folders.processing / rec.stored_name, upload_name=rec.upload_name or "", params=params)
         except Refused as e:
             reason = f"Canvas refused the import: {e.message}"
             log.error("{}", reason)
-            self._fail(rec.id, "refused", reason)
+            outcome.fail(self.journal, rec.id, "refused", reason)
             return
         except (TokenRejected, Forbidden, NotFound) as e:
             # Canvas answered before creating anything: the post provably did not happen.
@@ -414,7 +309,7 @@ class Worker(threading.Thread):
         except NotFound as e:
             reason = f"Canvas no longer knows import {rec.import_id} ({e.message})"
             log.error("{}", reason)
-            self._fail(rec.id, "import gone", reason)
+            outcome.fail(self.journal, rec.id, "import gone", reason)
             return
         except (Retryable, TokenRejected, Forbidden) as e:
             if isinstance(e, Retryable) and time.time() >= deadline:
@@ -423,17 +318,7 @@ class Worker(threading.Thread):
             self._canvas_trouble(rec, e)
             return
         assert imp is not None
-        self._decide(rec, imp)
-
-    def _decide(self, rec: FileRecord, imp: dict[str, Any], extra: str = "") -> None:
-        state = str(imp.get("workflow_state"))
-        dest, reason = importer.verdict(imp)
-        self.journal.transition(
-            rec.id, State.FINISHING, state, outcome=str(dest), outcome_reason=reason + extra,
-            sis_import=imp, workflow_state=state, progress=imp.get("progress"), finished_at=utcnow(),
-        )
-        importer.canvas_messages(imp, self._log(rec))
-        crashpoint("decided")
+        outcome.decide(self.journal, rec, imp)
 
     def _timeout(self, rec: FileRecord, imp: dict[str, Any] | None) -> None:
         log = self._log(rec)
@@ -447,124 +332,16 @@ class Worker(threading.Thread):
             except NotFound:
                 imp = self.client.get_import(rec.import_id, log=log)  # it finished meanwhile
                 if importer.is_final(imp.get("workflow_state")):
-                    self._decide(rec, imp)
+                    outcome.decide(self.journal, rec, imp)
                     return
             except CanvasError as e:
                 reason += f"; abort failed: {e.message}"
         log.error("{}", reason)
-        self._fail(rec.id, "timeout", reason, sis_import=imp, workflow_state=(imp or {}).get("workflow_state"))
-
-    def _fail(self, file_id: int, note: str, reason: str, **fields: Any) -> None:
-        """-> FINISHING on the way to failed/, with ``reason`` for the sidecar (the caller logs)."""
-        self.journal.transition(
-            file_id, State.FINISHING, note, outcome="failed", outcome_reason=reason, finished_at=utcnow(), **fields
-        )
+        outcome.fail(self.journal, rec.id, "timeout", reason, sis_import=imp, workflow_state=(imp or {}).get("workflow_state"))
 
     # FINISHING --------------------------------------------------------------------------
     def _finish(self, rec: FileRecord) -> None:
-        log = self._log(rec)
-        dest_state = State(rec.outcome or "failed")
-        dest_dir = getattr(self.folders, str(dest_state))
-        src, dst = self._path(rec), dest_dir / rec.stored_name
-        if not os.path.lexists(src) and os.path.lexists(self.folders.held / rec.stored_name):
-            src = self.folders.held / rec.stored_name  # discarded while held
-        try:
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            errors_file = rec.errors_file or self._save_errors_file(rec, dest_dir)
-            write_atomic(dest_dir / f"{rec.stored_name}.json", self.sidecar(rec, errors_file))
-            crashpoint("sidecar")
-            move(src, dst)
-            crashpoint("moved")
-        except FileNotFoundError:
-            if not os.path.lexists(dst):
-                self.journal.transition(rec.id, State.LOST, "vanished while finishing")
-                log.error("the file vanished from processing/ before it could be moved; record closed")
-                return
-        except OSError as e:
-            delay = self.error_backoff.next()
-            log.error("cannot move the file into {}/ ({}): it stays in processing/, retrying in {:.0f}s", dest_state, e.strerror or e, delay)
-            self.journal.update(rec.id, next_attempt=time.time() + delay, last_error=str(e)[:500])
-            return
-        rec = self.journal.transition(rec.id, dest_state, "moved", errors_file=errors_file)
-        if dest_state == State.DONE and rec.counts:
-            params = self.cfg.params_for(rec.original_name)
-            self.journal.set_dataset_counts(guard.dataset_key(self.cfg.guard, rec.original_name, params), rec.counts, rec.id)
-        took = ""
-        if rec.post_started and rec.sis_import:
-            took = f" in {time.time() - rec.post_started:.1f}s"
-        summary = importer.counts_summary(rec.sis_import) if rec.sis_import else ""
-        line = f"{rec.workflow_state or 'not imported'}{took}: {rec.outcome_reason}"
-        line += f" ({summary})" if summary else ""
-        line += f" -> {dest_state}/{rec.stored_name}"
-        if dest_state == State.DONE:
-            log.success("{}", line)
-        else:
-            log.error("{}", line)
-        self._notify_outcome(rec, dest_state, dest_dir)
-
-    def _notify_outcome(self, rec: FileRecord, dest_state: State, dest_dir: Path) -> None:
-        if self.notifier is None:
-            return
-        counts = ((rec.sis_import or {}).get("data") or {}).get("counts") or {}
-        payload = {
-            "file": rec.original_name,
-            "import_id": rec.import_id,
-            "state": rec.workflow_state,
-            "reason": rec.outcome_reason,
-            "sidecar": str(dest_dir / f"{rec.stored_name}.json"),
-            "path": str(dest_dir / rec.stored_name),
-            "counts": counts,
-        }
-        if dest_state == State.FAILED:
-            self.notifier.send("failed", payload)
-            return
-        self.notifier.send("done", payload)
-        if counts.get("warning_count") or counts.get("error_count") or rec.workflow_state == "imported_with_messages":
-            self.notifier.send("warnings", {**payload, "warnings": ((rec.sis_import or {}).get("processing_warnings") or [])[:25]})
-
-    def _save_errors_file(self, rec: FileRecord, dest_dir: Path) -> str | None:
-        att = (rec.sis_import or {}).get("errors_attachment") or {}
-        url = att.get("url")
-        if not url:
-            return None
-        name = f"{rec.stored_name}.errors.csv"
-        try:
-            self.client.download(url, dest_dir / name)
-        except CanvasError as e:
-            self._log(rec).warning("could not save Canvas's errors file: {}", e.message)
-            return None
-        except OSError as e:  # never let the errors file keep the import's own file waiting
-            self._log(rec).warning("could not save Canvas's errors file: {}", e.strerror or e)
-            return None
-        self.journal.update(rec.id, errors_file=name)
-        return name
-
-    def sidecar(self, rec: FileRecord, errors_file: str | None) -> bytes:
-        """The ``<name>.json`` written beside a finished file (the contract's point 6)."""
-        doc = {
-            "original_name": rec.original_name,
-            "stored_name": rec.stored_name,
-            "size": rec.size,
-            "sha256": rec.sha256,
-            "import_id": rec.import_id,
-            "workflow_state": rec.workflow_state,
-            "outcome": rec.outcome,
-            "reason": rec.outcome_reason,
-            "problems": rec.problems or [],
-            "taken_at": rec.taken_at,
-            "posted_at": rec.posted_at,
-            "finished_at": rec.finished_at or utcnow(),
-            "upload_name": rec.upload_name,
-            "import_params": self.cfg.params_for(rec.original_name),
-            "guard": rec.guard,
-            "local_counts": rec.counts,
-            "canvas_counts": ((rec.sis_import or {}).get("data") or {}).get("counts"),
-            "errors_file": errors_file,
-            "canvas_url": self.cfg.canvas.base_url,
-            "sisdropd_version": __version__,
-            "sis_import": rec.sis_import,
-        }
-        return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        self.finisher.finish(rec, operator.locate(self.folders, rec))
 
     # trouble ----------------------------------------------------------------------------
     def _canvas_trouble(self, rec: FileRecord, e: CanvasError) -> None:
@@ -593,6 +370,7 @@ class Worker(threading.Thread):
         add_secret(token)
         self.client.set_token(token)
 
+    # views ------------------------------------------------------------------------------
     def in_flight(self) -> FileRecord | None:
         """The record the worker is on, as the journal has it now (fresh, not the loop's copy)."""
         rec = self.current
@@ -607,14 +385,8 @@ class Worker(threading.Thread):
         """One line for systemd's STATUS=: the queue and the import in flight."""
         recs = self.journal.open_records()
         active = [r for r in recs if r.state in ACTIVE]
-        queued = len(recs) - len(active)
-        s = f"{queued} queued"
+        s = f"{len(recs) - len(active)} queued"
         if active:
             r = active[0]
             s += f"; {r.original_name} #{r.import_id or '?'} {r.workflow_state or r.state} {r.progress or 0}%"
         return s
-
-
-def _describe_params(params: Any) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items())
-

@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 
+from sisdropd import config
 from sisdropd.fakecanvas import FakeCanvas
+from sisdropd.folders import Folders
+from sisdropd.intake import Intake
+from sisdropd.journal import Journal
 
 TOKEN = "test-token-4f9c2a7e1b"  # a recognisable secret: tests grep for it in every output
 
@@ -167,6 +171,26 @@ def daemon(drop: Drop) -> Iterator[Callable[..., DaemonProcess]]:
     for d in started:
         d.close()
         assert TOKEN not in d.log(), "the token leaked into the daemon's log"
+
+
+class Inbox:
+    """A real intake (folders, journal) for watcher tests: ``taken()`` lists what it took."""
+
+    def __init__(self, root: Path, **watch: Any) -> None:
+        self.cfg = config.from_dict(
+            {"canvas": {"base_url": "http://127.0.0.1:9"}, "folders": {"root": str(root)}, "watch": watch}
+        )
+        self.folders = Folders.of(self.cfg)
+        self.folders.make()
+        self.journal = Journal(self.folders.state_dir)
+        self.intake = Intake(self.cfg, self.journal, self.folders)
+        self.path = self.folders.inbox
+
+    def taken(self) -> list[str]:
+        return [r.original_name for r in self.journal.select()]
+
+    def close(self) -> None:
+        self.journal.close()
 
 
 USERS = "user_id,login_id,first_name,last_name,status\nu1,ada,Ada,Lovelace,active\nu2,alan,Alan,Turing,active\n"

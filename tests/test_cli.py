@@ -13,7 +13,7 @@ import pytest
 
 from sisdropd.watcher import Watcher
 
-from .conftest import TOKEN, USERS, Drop, wait_for
+from .conftest import TOKEN, USERS, Drop, Inbox, wait_for
 
 ENROLL_BAD = "course_id,user_id,role,status\nC1,u1,student,active\nC1,u2,student,dropped\n"
 
@@ -171,40 +171,31 @@ def test_demo_shows_files_flowing_to_done_and_failed() -> None:
 
 
 def test_rescan_catches_what_events_missed_and_restarts_a_dead_observer(tmp_path: Path) -> None:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    out = tmp_path / "taken"
-    out.mkdir()
-    taken: list[str] = []
-
-    def take(p: Path, st: os.stat_result) -> bool:
-        p.rename(out / p.name)  # as the daemon's claim does: the file leaves the inbox
-        taken.append(p.name)
-        return True
-
-    w = Watcher(inbox, take, extensions=("csv",), settle_seconds=0.2, rescan_interval=0.5)
+    box = Inbox(tmp_path, extensions=["csv"])
+    inbox, taken = box.path, box.taken
+    w = Watcher(inbox, box.intake, settle_seconds=0.2, rescan_interval=0.5)
     w.start()
     try:
         (inbox / "a.csv").write_text(USERS)
-        wait_for(lambda: taken == ["a.csv"], 5, what="a.csv via events")
+        wait_for(lambda: taken() == ["a.csv"], 5, what="a.csv via events")
         w._observer.stop()  # the observer thread dies (as after an exception in a handler)
         w._observer.join(5)
         assert not w.alive()
         (inbox / "b.csv").write_text(USERS)  # no thread sees this event
-        wait_for(lambda: taken == ["a.csv", "b.csv"], 5, what="b.csv via the rescan")
+        wait_for(lambda: taken() == ["a.csv", "b.csv"], 5, what="b.csv via the rescan")
         wait_for(w.alive, 5, what="observer restarted")
         (inbox / "c.csv").write_text(USERS)
-        wait_for(lambda: "c.csv" in taken, 5, what="c.csv via the new observer")
+        wait_for(lambda: "c.csv" in taken(), 5, what="c.csv via the new observer")
         assert w.rescans >= 1
     finally:
         w.stop()
+        box.close()
 
 
 def test_idle_watcher_sleeps(tmp_path: Path) -> None:
     """With nothing to settle the settler waits on an event: no busy loop (CPU stays near 0)."""
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    w = Watcher(inbox, lambda p, st: True, extensions=("csv",), settle_seconds=10, rescan_interval=60)
+    box = Inbox(tmp_path, extensions=["csv"])
+    w = Watcher(box.path, box.intake, settle_seconds=10, rescan_interval=60)
     w.start()
     try:
         r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -214,6 +205,7 @@ def test_idle_watcher_sleeps(tmp_path: Path) -> None:
         assert used < 0.3, f"idle watcher used {used:.2f}s CPU in 1.5s"
     finally:
         w.stop()
+        box.close()
 
 
 def test_upload_memory_does_not_grow_with_file_size(drop: Drop, tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ def zipped(**files: str) -> bytes:
 
 def held(drop: Drop) -> list[Path]:
     d = drop.root / "sisdrop" / "held"
-    return sorted(p for p in d.iterdir() if not p.name.endswith(".json")) if d.exists() else []
+    # Hidden names are the sidecar's temporary file while it is being written.
+    return sorted(p for p in d.iterdir() if not p.name.endswith(".json") and not p.name.startswith(".")) if d.exists() else []
 
 
 def test_a_file_that_drops_40_percent_of_users_is_held_released_then_imported(drop: Drop, daemon, tmp_path: Path) -> None:

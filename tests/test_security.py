@@ -19,7 +19,7 @@ from sisdropd import folders, intake, logs
 from sisdropd.config import LogConfig
 from sisdropd.watcher import Watcher
 
-from .conftest import TOKEN, USERS, Drop, wait_for
+from .conftest import TOKEN, USERS, Drop, Inbox, wait_for
 
 
 def test_a_name_with_a_newline_cannot_forge_a_log_line(drop: Drop, daemon) -> None:
@@ -169,24 +169,16 @@ def test_names_are_safe_in_logs_and_round_trip(name: str) -> None:
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(names, min_size=1, max_size=12, unique=True))
 def test_watcher_takes_exactly_the_eligible_names(tmp_path_factory, batch: list[str]) -> None:
-    root = tmp_path_factory.mktemp("w")
-    inbox, out = root / "inbox", root / "taken"
-    inbox.mkdir()
-    out.mkdir()
-    taken: list[str] = []
-
-    def take(p: Path, st_: os.stat_result) -> bool:
-        p.rename(out / p.name)
-        taken.append(p.name)
-        return True
-
-    w = Watcher(inbox, take, extensions=("csv", "zip", "xml"), settle_seconds=0.05, rescan_interval=1)
+    box = Inbox(tmp_path_factory.mktemp("w"), extensions=["csv", "zip", "xml"], truncated_after=0)
+    inbox = box.path
+    w = Watcher(inbox, box.intake, settle_seconds=0.05, rescan_interval=1)
     w.start()
     try:
         for n in batch:
             (inbox / n).write_bytes(b"x")
         want = sorted(n for n in batch if intake.eligible(n, ("csv", "zip", "xml")))
-        wait_for(lambda: sorted(taken) == want, timeout=10, what=f"taken {want}")
+        wait_for(lambda: sorted(box.taken()) == want, timeout=10, what=f"taken {want}")
         assert sorted(os.listdir(inbox)) == sorted(set(batch) - set(want))
     finally:
         w.stop()
+        box.close()

@@ -1,0 +1,177 @@
+"""How a file's life ends: its final state and reason decided, then the file finished.
+
+``decide`` journals Canvas's final answer (FINISHING, with ``importer.verdict``'s outcome
+and reason); ``fail`` journals any other way to failed/ (rejected, refused, timeout...).
+Neither moves anything: ``Finisher.finish`` does, for a FINISHING record, in an order a
+crash can resume at any instant: Canvas's errors file, the sidecar, the move into done/
+or failed/, then DONE or FAILED in the journal. After that come the data set's row counts
+(the change guard's memory), the outcome's log line and its alerts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sisdropd import __version__, guard, importer
+from sisdropd.canvas import Backoff, CanvasClient, CanvasError
+from sisdropd.config import Config
+from sisdropd.crashpoint import crashpoint
+from sisdropd.files import move, write_atomic
+from sisdropd.folders import Folders
+from sisdropd.journal import FileRecord, Journal, utcnow
+from sisdropd.lifecycle import State
+from sisdropd.logs import event as log_event
+from sisdropd.notify import Notifier
+
+
+def decide(journal: Journal, rec: FileRecord, imp: dict[str, Any], extra: str = "") -> None:
+    """RUNNING -> FINISHING for an import Canvas has finished: done/ or failed/, and why.
+
+    ``extra`` is added to the reason. Logs Canvas's errors and warnings.
+    """
+    state = str(imp.get("workflow_state"))
+    dest, reason = importer.verdict(imp)
+    journal.transition(
+        rec.id, State.FINISHING, state, outcome=str(dest), outcome_reason=reason + extra,
+        sis_import=imp, workflow_state=state, progress=imp.get("progress"), finished_at=utcnow(),
+    )
+    importer.canvas_messages(imp, log_event(rec.original_name, rec.import_id))
+    crashpoint("decided")
+
+
+def fail(journal: Journal, file_id: int, note: str, reason: str, **fields: Any) -> None:
+    """-> FINISHING on the way to failed/, with ``reason`` for the sidecar (the caller logs)."""
+    journal.transition(
+        file_id, State.FINISHING, note, outcome="failed", outcome_reason=reason, finished_at=utcnow(), **fields
+    )
+
+
+def sidecar(cfg: Config, rec: FileRecord, errors_file: str | None) -> bytes:
+    """The ``<name>.json`` written beside a finished (or held) file: the contract's point 6."""
+    doc = {
+        "original_name": rec.original_name,
+        "stored_name": rec.stored_name,
+        "size": rec.size,
+        "sha256": rec.sha256,
+        "import_id": rec.import_id,
+        "workflow_state": rec.workflow_state,
+        "outcome": rec.outcome,
+        "reason": rec.outcome_reason,
+        "problems": rec.problems or [],
+        "taken_at": rec.taken_at,
+        "posted_at": rec.posted_at,
+        "finished_at": rec.finished_at or utcnow(),
+        "upload_name": rec.upload_name,
+        "import_params": cfg.params_for(rec.original_name),
+        "guard": rec.guard,
+        "local_counts": rec.counts,
+        "canvas_counts": ((rec.sis_import or {}).get("data") or {}).get("counts"),
+        "errors_file": errors_file,
+        "canvas_url": cfg.canvas.base_url,
+        "sisdropd_version": __version__,
+        "sis_import": rec.sis_import,
+    }
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class Finisher:
+    """Finishes FINISHING records: the worker's last step for every file."""
+
+    def __init__(
+        self, cfg: Config, journal: Journal, client: CanvasClient, folders: Folders, notifier: Notifier | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.journal = journal
+        self.client = client
+        self.folders = folders
+        self.notifier = notifier
+        self.backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)  # a full disk, a bad folder
+
+    def finish(self, rec: FileRecord, src: Path) -> None:
+        """Move the file at ``src`` into done/ or failed/ as ``rec.outcome`` says, with its sidecar.
+
+        Idempotent (a restart resumes it). A file gone from ``src`` closes the record as
+        LOST; a move that fails (disk full, a folder that cannot be written) keeps the file
+        where it is and sets ``next_attempt``.
+        """
+        log = log_event(rec.original_name, rec.import_id)
+        dest_state = State(rec.outcome or "failed")
+        dest_dir = self.folders.done if dest_state == State.DONE else self.folders.failed
+        dst = dest_dir / rec.stored_name
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            errors_file = rec.errors_file or self._save_errors_file(rec, dest_dir)
+            write_atomic(dest_dir / f"{rec.stored_name}.json", sidecar(self.cfg, rec, errors_file))
+            crashpoint("sidecar")
+            move(src, dst)
+            crashpoint("moved")
+        except FileNotFoundError:
+            if not os.path.lexists(dst):
+                self.journal.transition(rec.id, State.LOST, "vanished while finishing")
+                log.error("the file vanished from processing/ before it could be moved; record closed")
+                return
+        except OSError as e:
+            delay = self.backoff.next()
+            log.error("cannot move the file into {}/ ({}): it stays in processing/, retrying in {:.0f}s", dest_state, e.strerror or e, delay)
+            self.journal.update(rec.id, next_attempt=time.time() + delay, last_error=str(e)[:500])
+            return
+        self.backoff.reset()
+        rec = self.journal.transition(rec.id, dest_state, "moved", errors_file=errors_file)
+        if dest_state == State.DONE and rec.counts:
+            params = self.cfg.params_for(rec.original_name)
+            self.journal.set_dataset_counts(guard.dataset_key(self.cfg.guard, rec.original_name, params), rec.counts, rec.id)
+        took = ""
+        if rec.post_started and rec.sis_import:
+            took = f" in {time.time() - rec.post_started:.1f}s"
+        summary = importer.counts_summary(rec.sis_import) if rec.sis_import else ""
+        line = f"{rec.workflow_state or 'not imported'}{took}: {rec.outcome_reason}"
+        line += f" ({summary})" if summary else ""
+        line += f" -> {dest_state}/{rec.stored_name}"
+        if dest_state == State.DONE:
+            log.success("{}", line)
+        else:
+            log.error("{}", line)
+        self._alert(rec, dest_state, dest_dir)
+
+    def _alert(self, rec: FileRecord, dest_state: State, dest_dir: Path) -> None:
+        if self.notifier is None:
+            return
+        counts = ((rec.sis_import or {}).get("data") or {}).get("counts") or {}
+        payload = {
+            "file": rec.original_name,
+            "import_id": rec.import_id,
+            "state": rec.workflow_state,
+            "reason": rec.outcome_reason,
+            "sidecar": str(dest_dir / f"{rec.stored_name}.json"),
+            "path": str(dest_dir / rec.stored_name),
+            "counts": counts,
+        }
+        if dest_state == State.FAILED:
+            self.notifier.send("failed", payload)
+            return
+        self.notifier.send("done", payload)
+        if counts.get("warning_count") or counts.get("error_count") or rec.workflow_state == "imported_with_messages":
+            self.notifier.send("warnings", {**payload, "warnings": ((rec.sis_import or {}).get("processing_warnings") or [])[:25]})
+
+    def _save_errors_file(self, rec: FileRecord, dest_dir: Path) -> str | None:
+        """Canvas's errors file beside the file, if Canvas offers one; None when it could not be saved."""
+        att = (rec.sis_import or {}).get("errors_attachment") or {}
+        url = att.get("url")
+        if not url:
+            return None
+        name = f"{rec.stored_name}.errors.csv"
+        log = log_event(rec.original_name, rec.import_id)
+        try:
+            self.client.download(url, dest_dir / name)
+        except CanvasError as e:
+            log.warning("could not save Canvas's errors file: {}", e.message)
+            return None
+        except OSError as e:  # never let the errors file keep the import's own file waiting
+            log.warning("could not save Canvas's errors file: {}", e.strerror or e)
+            return None
+        self.journal.update(rec.id, errors_file=name)
+        return name
