@@ -18,10 +18,6 @@ import lockfile
 from sisdropd.config import Config
 
 
-class DetachError(Exception):
-    """The daemon cannot detach (no pid file given, or one already running)."""
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -32,15 +28,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def detach(cfg: Config, pidfile: str | None) -> None:
+def detach(cfg: Config, pidfile: str) -> None:
     """Become a background daemon holding ``pidfile``; returns in the daemon process.
 
     Exits the calling process with status 1 and one line on stderr when the pid file
     names a live process. A stale pid file (dead process) is replaced.
     """
-    if not pidfile:
-        print("sisdropd: --detach needs --pidfile PATH", file=sys.stderr)
-        raise SystemExit(2)
     path = Path(pidfile).absolute()
     lock = daemon.pidfile.TimeoutPIDLockFile(str(path), acquire_timeout=0)
     if lock.is_locked():

@@ -7,12 +7,13 @@ rejected; 3 gave up waiting or Canvas unreachable; 4 token rejected (401).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from sisdropd import importer, preflight
+from sisdropd import importer, logs, preflight
 from sisdropd.canvas import (
     CanvasError,
     Forbidden,
@@ -22,13 +23,25 @@ from sisdropd.canvas import (
     TokenRejected,
     client_for,
 )
+from sisdropd.commands import (
+    EXIT_FAILED,
+    EXIT_GAVE_UP,
+    EXIT_OK,
+    EXIT_TOKEN,
+    config_of,
+    say,
+    token_of,
+)
 from sisdropd.config import Config
-from sisdropd.logs import clean, redact
 from sisdropd.logs import event as log_event
+from sisdropd.logs import redact
 
 
-def _print(line: str) -> None:
-    print(clean(line), flush=True)
+def main(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    token = token_of(cfg)
+    logs.setup(cfg.log)
+    return submit(cfg, token, Path(args.file), wait=not args.no_wait, as_json=args.json)
 
 
 def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: bool = False) -> int:
@@ -40,11 +53,11 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
         limits=preflight.Limits(max_bytes=w.max_bytes), validate_content=w.validate,
     )
     for warn in report.warnings[:10]:
-        _print(f"warning: {warn}")
+        say(f"warning: {warn}")
     if not report.ok:
         for p in report.problems:
-            _print(f"rejected: {p}")
-        return 1
+            say(f"rejected: {p}")
+        return EXIT_FAILED
     c = cfg.canvas
     client = client_for(cfg, token, patience="submit")
     upload = importer.upload_name(path.name)
@@ -62,15 +75,15 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
                 exclude=set(), log=log, deadline=time.time() + 2 * c.timeout,
             )
             if found is None:
-                _print(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'unsure' else 'not '}posted")
-                return 3
+                say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'unsure' else 'not '}posted")
+                return EXIT_GAVE_UP
             imp = found
         import_id = int(imp["id"])
         log = log_event(path.name, import_id)
         log.info("posted: import {}", import_id)
         if not wait:
-            _print(f"posted: import {import_id} ({imp.get('workflow_state')})")
-            return 0
+            say(f"posted: import {import_id} ({imp.get('workflow_state')})")
+            return EXIT_OK
         final_imp, final = importer.follow(client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log)
         if not final:
             state = (final_imp or {}).get("workflow_state")
@@ -79,27 +92,27 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
                     client.abort(import_id)
                 except CanvasError:
                     pass
-            _print(f"gave up waiting: import {import_id} still {state} after {w.max_wait:g}s")
-            return 3
+            say(f"gave up waiting: import {import_id} still {state} after {w.max_wait:g}s")
+            return EXIT_GAVE_UP
         assert final_imp is not None
         importer.canvas_messages(final_imp, log)
         state = str(final_imp.get("workflow_state"))
         if as_json:
             print(redact(json.dumps(final_imp, indent=2, ensure_ascii=False)))
-        _print(f"{state}: import {import_id} ({importer.counts_summary(final_imp)}) in {time.time() - started:.1f}s")
-        return 0 if state in importer.SUCCESS_STATES | importer.RESTORED_STATES else 1
+        say(f"{state}: import {import_id} ({importer.counts_summary(final_imp)}) in {time.time() - started:.1f}s")
+        return EXIT_OK if state in importer.SUCCESS_STATES | importer.RESTORED_STATES else EXIT_FAILED
     except TokenRejected as e:
-        _print(f"token rejected: {e.message}")
-        return 4
+        say(f"token rejected: {e.message}")
+        return EXIT_TOKEN
     except Refused as e:
-        _print(f"rejected by Canvas: {e.message}")
-        return 1
+        say(f"rejected by Canvas: {e.message}")
+        return EXIT_FAILED
     except (Forbidden, NotFound) as e:
-        _print(f"Canvas refused access: {e.message} (check canvas.account_id and that SIS imports are enabled)")
-        return 1
+        say(f"Canvas refused access: {e.message} (check canvas.account_id and that SIS imports are enabled)")
+        return EXIT_FAILED
     except (Retryable, OSError) as e:
-        _print(f"gave up: Canvas unreachable ({getattr(e, 'message', e)})")
-        return 3
+        say(f"gave up: Canvas unreachable ({getattr(e, 'message', e)})")
+        return EXIT_GAVE_UP
     finally:
         client.close()
         sys.stdout.flush()

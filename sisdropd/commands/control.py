@@ -8,16 +8,17 @@ next tick.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import signal
 
 from sisdropd import operator
 from sisdropd.canvas import client_for
+from sisdropd.commands import config_of, say, token_of
 from sisdropd.config import Config
 from sisdropd.folders import Folders, lock_holder
 from sisdropd.journal import Journal
-from sisdropd.logs import clean
 
 
 def who() -> str:
@@ -45,8 +46,14 @@ def _report(folders: Folders, journal: Journal, command: str, name: str | None, 
     journal.add_request(command, name or result.file, who(), result.message)
     journal.close()
     poke(folders)
-    print(clean(result.message), flush=True)
+    say(result.message)
     return 0 if result.ok else 1
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    token = token_of(cfg) if args.command == "abort" else None
+    return run(cfg, args.command, getattr(args, "name", None), token)
 
 
 def run(cfg: Config, command: str, name: str | None = None, token: str | None = None) -> int:

@@ -1,12 +1,15 @@
-"""``sisdropd demo``: a newcomer's first five minutes.
+"""The bundled simulator's commands: ``sisdropd demo`` and ``sisdropd fake-canvas``.
 
-Starts the bundled Canvas simulator and a real daemon on a temporary folder, drops the
-sample files into the inbox one by one, shows the daemon's own log lines as they happen,
-and ends with a table of outcomes and where to look next.
+``demo`` is a newcomer's first five minutes: it starts the simulator and a real daemon on
+a temporary folder, drops the sample files into the inbox one by one, shows the daemon's
+own log lines as they happen, and ends with a table of outcomes and where to look next.
+``fake-canvas`` serves the simulator alone. This is the one daemon-side module that
+imports the simulator (tests/test_architecture.py keeps it so).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import shutil
 import sys
@@ -30,6 +33,21 @@ DROPS = (
     ("term_2026FA.zip", "done", "a zip of courses, sections and enrollments; one enrollment has a bad status"),
     ("grades.csv", "failed", "a CSV whose header is no SIS CSV type: refused before posting"),
 )
+
+
+def main(args: argparse.Namespace) -> int:
+    return demo(keep=args.keep)
+
+
+def fake_canvas(args: argparse.Namespace) -> int:
+    from sisdropd import fakecanvas
+
+    argv = ["--host", args.host, "--port", str(args.port)]
+    if args.token:
+        argv += ["--token", args.token]
+    if args.import_seconds is not None:
+        argv += ["--import-seconds", str(args.import_seconds)]
+    return fakecanvas.main(argv)
 
 
 def _sample(name: str) -> bytes:

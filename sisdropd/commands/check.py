@@ -1,0 +1,69 @@
+"""``sisdropd check``: the config, folders, permissions and the token against Canvas."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from sisdropd.canvas import CanvasError, client_for
+from sisdropd.commands import say
+from sisdropd.config import ConfigError, TokenError, load, read_token, resolve_path
+from sisdropd.folders import Folders
+from sisdropd.logs import add_secret
+
+
+def main(args: argparse.Namespace) -> int:
+    return check(resolve_path(args.config))
+
+
+def check(path: Path) -> int:
+    """``sisdropd check``: config, folders, permissions, token, and the token against Canvas."""
+    problems: list[str] = []
+    try:
+        cfg = load(path)
+    except ConfigError as e:
+        for p in e.problems:
+            say(f"problem: config: {p}")
+        return 1
+    say(f"ok: config {path}")
+    folders = Folders.of(cfg)
+    for name, folder in folders.items():
+        probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
+        if not folder.exists():
+            if os.access(probe, os.W_OK | os.X_OK):
+                say(f"ok: {name} {folder} (will be created)")
+            else:
+                problems.append(f"{name} {folder}: missing, and {probe} is not writable to create it")
+        elif not folder.is_dir():
+            problems.append(f"{name} {folder}: not a folder")
+        elif not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            problems.append(f"{name} {folder}: not readable and writable by this user")
+        else:
+            say(f"ok: {name} {folder}")
+    inbox, proc = folders.inbox, folders.processing
+    if inbox.exists() and proc.exists() and inbox.stat().st_dev != proc.stat().st_dev:
+        problems.append("inbox and processing are on different filesystems (a file could not be taken atomically)")
+    try:
+        token, where = read_token(cfg)
+        add_secret(token)
+        say(f"ok: token from {where}")
+    except TokenError as e:
+        problems.append(f"token: {e}")
+        token = ""
+    if token:
+        c = cfg.canvas
+        client = client_for(cfg, token, patience="command")
+        try:
+            me = client.whoami(deadline=time.time() + c.timeout)
+            say(f"ok: Canvas {c.base_url} accepts the token (user {me.get('id')}, {me.get('name')})")
+            next(iter(client.list_imports(per_page=1, deadline=time.time() + c.timeout)), None)
+            say(f"ok: the token may list SIS imports of account {c.account_id}")
+        except CanvasError as e:
+            problems.append(f"Canvas: {e.message}")
+        finally:
+            client.close()
+    for p in problems:
+        say(f"problem: {p}")
+    return 1 if problems else 0
