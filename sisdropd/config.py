@@ -158,10 +158,6 @@ class Config:
     def import_type(self) -> str:
         return str(self.import_params.get("import_type", "instructure_csv"))
 
-    @property
-    def api_base(self) -> str:
-        return self.canvas.base_url.rstrip("/") + "/api/v1"
-
 
 _SECTIONS: dict[str, type] = {
     "canvas": CanvasConfig,

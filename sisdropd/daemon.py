@@ -86,10 +86,10 @@ class Daemon:
         self.tick.set()
 
     def install_signals(self) -> None:
-        def on_stop(signum: int, _frame: object) -> None:
+        def on_stop(_signum: int, _frame: object) -> None:
             self.request_stop()
 
-        def on_hup(signum: int, _frame: object) -> None:
+        def on_hup(_signum: int, _frame: object) -> None:
             self.hup.set()
             self.tick.set()
 

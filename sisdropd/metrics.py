@@ -2,11 +2,11 @@
 
 Contract (``[metrics]`` in the interface):
 
-* ``Metrics(textfile)``; ``inc(name, labels, value=1)`` adds to a sample, ``set(name, value,
-  labels)`` replaces it (on counters too: that is how totals are re-seeded or mirrored,
-  e.g. ``set("sisdropd_notifications_failed_total", notifier.failures)``). Thread-safe.
-  A bad metric or label name, or a negative ``inc`` of a counter, raises ``ValueError``
-  (a programming error, caught by the tests).
+* ``Metrics(textfile)``; ``set(name, value, labels)`` makes a sample equal to ``value``.
+  Counters are set too: the daemon mirrors totals it keeps elsewhere (the journal's
+  outcomes, the client's retries, ``notifier.failures``), so they only ever rise and a
+  restart never resets them. Thread-safe. A bad metric or label name raises
+  ``ValueError`` (a programming error, caught by the tests).
 * ``render()`` is the text exposition format 0.0.4: for each known metric (below) ``# HELP``
   and ``# TYPE`` lines, always, then its samples; a known metric without labels always
   has a sample (its default: 1 for ``sisdropd_up``, else 0), and
@@ -18,10 +18,6 @@ Contract (``[metrics]`` in the interface):
   ``*.prom``), mode 0644, fsyncs it, ``os.replace``-s it over the textfile and fsyncs the
   directory. It never raises: a failure is logged at WARNING (once per distinct error, and
   an INFO line when writing works again) and the temporary file is removed.
-* Restarts: counters start at zero unless the daemon re-seeds them. ``counters()`` returns
-  every counter sample as ``{(name, ((label, value), ...)): total}`` and
-  ``load_counters(that)`` sets them back (labels in any order), so the daemon can persist
-  the totals in its state directory and restore them at start.
 * On a clean stop the daemon should ``set("sisdropd_up", 0)`` and ``write()``; after a
   crash the file keeps ``sisdropd_up 1``, so alert on node-exporter's
   ``node_textfile_mtime_seconds`` as well.
@@ -103,12 +99,6 @@ def _check_name(name: str) -> None:
         raise ValueError(f"bad metric name {name!r}")
 
 
-def _is_counter(name: str) -> bool:
-    if name in KNOWN:
-        return KNOWN[name][0] == "counter"
-    return name.endswith("_total")
-
-
 def escape_label_value(value: str) -> str:
     """A label value as the exposition format wants it: ``\\``, ``"``, newline escaped."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -144,16 +134,6 @@ class Metrics:
             for key in keys:
                 self._values.setdefault(name, {})[key] = 0.0
 
-    def inc(self, name: str, labels: Mapping[str, str] | None = None, value: float = 1.0) -> None:
-        """Add ``value`` to the sample ``name{labels}`` (created at 0)."""
-        _check_name(name)
-        key = _labels_key(labels)
-        if value < 0 and _is_counter(name):
-            raise ValueError(f"{name} is a counter: it cannot decrease")
-        with self._lock:
-            samples = self._values.setdefault(name, {})
-            samples[key] = samples.get(key, 0.0) + float(value)
-
     def set(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
         """Make the sample ``name{labels}`` equal to ``value``."""
         _check_name(name)
@@ -165,21 +145,6 @@ class Metrics:
         """The sample's current value (0 when it does not exist)."""
         with self._lock:
             return self._values.get(name, {}).get(_labels_key(labels), 0.0)
-
-    def counters(self) -> dict[tuple[str, LabelKey], float]:
-        """Every sample of a known counter or an unknown ``*_total`` metric, for persisting."""
-        with self._lock:
-            return {
-                (name, key): value
-                for name, samples in self._values.items()
-                if _is_counter(name)
-                for key, value in samples.items()
-            }
-
-    def load_counters(self, counts: Mapping[tuple[str, LabelKey], float]) -> None:
-        """Set each ``(name, labels)`` to its saved total (as ``counters()`` returned it)."""
-        for (name, labels), value in counts.items():
-            self.set(name, float(value), dict(labels))
 
     def render(self) -> str:
         """Everything in the Prometheus text exposition format 0.0.4."""

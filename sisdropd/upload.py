@@ -46,7 +46,6 @@ class MultipartBody:
         )
         self._parts: list[bytes | IO[bytes]] = [head.encode("utf-8"), f, f"\r\n--{b}--\r\n".encode()]
         self._len = len(self._parts[0]) + size + len(self._parts[2])  # type: ignore[arg-type]
-        self._file = f
         self._file_left = size
         self._half = False
         self._size = size

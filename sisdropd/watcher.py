@@ -163,10 +163,6 @@ class Watcher:
             logger.error("cannot list the inbox {}: {}", self.inbox, e.strerror)
         return n
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._cands)
-
     # -- the settler ----------------------------------------------------------------------
     def _loop(self) -> None:
         self.scan()

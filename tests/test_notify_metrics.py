@@ -335,16 +335,15 @@ def parse(
 def test_write_renders_every_known_metric_and_the_values_set(tmp_path: Path) -> None:
     path = tmp_path / "sisdropd.prom"
     m = Metrics(path)
-    m.inc("sisdropd_files_total", {"outcome": "done"})
-    m.inc("sisdropd_files_total", {"outcome": "done"})
-    m.inc("sisdropd_imports_total", {"state": "imported"})
-    m.inc("sisdropd_retries_total", {"cause": "network"}, 3)
+    m.set("sisdropd_files_total", 2, {"outcome": "done"})
+    m.set("sisdropd_imports_total", 1, {"state": "imported"})
+    m.set("sisdropd_retries_total", 3, {"cause": "network"})
     m.set("sisdropd_queue_length", 4)
     m.set("sisdropd_last_success_timestamp_seconds", 1714564800.25)
     m.set("sisdropd_paused", 1)
     m.set("sisdropd_custom_thing", 2.5, {"b": "2", "a": "1"})
     weird = 'we"ird\\state\nx'
-    m.inc("sisdropd_imports_total", {"state": weird})
+    m.set("sisdropd_imports_total", 1, {"state": weird})
     m.write()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sisdropd.prom"]  # no temp left
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
@@ -419,29 +418,33 @@ def test_write_never_raises_and_warns_once(tmp_path: Path, logs: list[str]) -> N
     assert sorted(p.name for p in path.parent.iterdir()) == ["sisdropd.prom"]
 
 
-def test_metrics_are_thread_safe_and_counters_reload(tmp_path: Path) -> None:
+def test_metrics_set_from_threads_while_rendering_and_bad_names_refused(tmp_path: Path) -> None:
+    """The daemon sets totals from its main thread while nothing else writes; the notifier's
+    failures and the client's retries change on other threads: sets and renders interleave."""
     m = Metrics(None)
+    stop = threading.Event()
+    renders: list[str] = []
 
-    def bump() -> None:
-        for _ in range(2000):
-            m.inc("sisdropd_retries_total", {"cause": "rate_limited"})
+    def render() -> None:
+        while not stop.is_set():
+            renders.append(m.render())
 
-    threads = [threading.Thread(target=bump) for _ in range(8)]
+    def mirror(cause: str) -> None:
+        for n in range(2000):
+            m.set("sisdropd_retries_total", n + 1, {"cause": cause})
+
+    reader = threading.Thread(target=render)
+    reader.start()
+    threads = [threading.Thread(target=mirror, args=(f"c{i}",)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert m.get("sisdropd_retries_total", {"cause": "rate_limited"}) == 16000
-    m.inc("sisdropd_files_total", {"outcome": "failed"}, 5)
-    m.set("sisdropd_queue_length", 7)  # a gauge: not a counter to persist
-    saved = m.counters()
-    assert ("sisdropd_queue_length", ()) not in saved
-    restored = Metrics(None)
-    restored.load_counters(saved)
-    assert restored.counters() == saved
-    assert restored.get("sisdropd_files_total", {"outcome": "failed"}) == 5
-    with pytest.raises(ValueError):
-        m.inc("sisdropd_files_total", {"outcome": "done"}, -1)
+    stop.set()
+    reader.join()
+    assert all(m.get("sisdropd_retries_total", {"cause": f"c{i}"}) == 2000 for i in range(8))
+    for text in renders:
+        parse(text)  # every render is complete and well-formed
     with pytest.raises(ValueError):
         m.set("bad name", 1)
     with pytest.raises(ValueError):
