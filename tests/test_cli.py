@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from sisdropd.watcher import Watcher
-
-from .conftest import TOKEN, USERS, Drop, Inbox, wait_for
+from tests.support import TOKEN, USERS, Drop, Inbox, wait_for
 
 ENROLL_BAD = "course_id,user_id,role,status\nC1,u1,student,active\nC1,u2,student,dropped\n"
 

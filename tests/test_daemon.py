@@ -12,7 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from .conftest import TOKEN, USERS, Drop, wait_for, write_slowly
+from tests.support import TOKEN, USERS, Drop, wait_for, write_slowly
 
 ENROLL_BAD = "course_id,user_id,role,status\nC1,u1,student,active\nC1,u2,student,dropped\n"
 SIDECAR_KEYS = {"original_name", "size", "sha256", "import_id", "workflow_state", "reason", "taken_at", "finished_at", "sis_import"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TOKEN, USERS, Drop, wait_for
+from tests.support import TOKEN, USERS, Drop, wait_for
 
 
 def alive(pid: int) -> bool:

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from sisdropd.crashpoint import POINTS
-
-from .conftest import TOKEN, USERS, Drop, wait_for
+from tests.support import TOKEN, USERS, Drop, wait_for
 
 ENROLL = "course_id,user_id,role,status\nC1,u1,student,active\n"
 
@@ -321,8 +320,7 @@ def test_client_slows_down_when_the_quota_runs_low(sim) -> None:
     import time
 
     from sisdropd.canvas import CanvasClient
-
-    from .conftest import TOKEN
+    from tests.support import TOKEN
 
     c = CanvasClient(sim.url, "1", TOKEN, timeout=5)
     try:

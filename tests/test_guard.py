@@ -9,7 +9,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from .conftest import Drop, wait_for
+from tests.support import Drop, wait_for
 
 BATCH = {"import_type": "instructure_csv", "batch_mode": True, "batch_mode_term_id": "sis_term_id:2026FA"}
 

@@ -21,8 +21,7 @@ from sisdropd.config import NotifyConfig
 from sisdropd.logs import add_secret
 from sisdropd.metrics import KNOWN, Metrics
 from sisdropd.notify import Notifier
-
-from .conftest import wait_for
+from tests.support import wait_for
 
 SECRET = "nfy-secret-7d3e9a1c5b2f"  # registered below; must never leave the process
 HOOK_PATH = "/hooks/T0001/B0002/pathsecretXYZ"  # webhook paths are often secrets themselves

@@ -9,7 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .conftest import TOKEN, USERS, Drop, wait_for
+from tests.support import TOKEN, USERS, Drop, wait_for
 
 RECORDER = """\
 import json, os, sys
@@ -43,7 +43,7 @@ def test_under_journald_lines_have_priority_and_no_timestamp(drop: Drop, daemon)
     log_path = drop.root / "journal-stream.log"
     log_path.touch()
     st = os.stat(log_path)
-    from .conftest import DaemonProcess
+    from tests.support import DaemonProcess
 
     class JournaldDaemon(DaemonProcess):
         def __init__(self, drop: Drop) -> None:

@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from sisdropd import folders, intake, logs
 from sisdropd.config import LogConfig
 from sisdropd.watcher import Watcher
-
-from .conftest import TOKEN, USERS, Drop, Inbox, wait_for
+from tests.support import TOKEN, USERS, Drop, Inbox, wait_for
 
 
 def test_a_name_with_a_newline_cannot_forge_a_log_line(drop: Drop, daemon) -> None:

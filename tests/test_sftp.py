@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import USERS, Drop, wait_for
+from tests.support import USERS, Drop, wait_for
+
 from .sshd import SSHServer, _alive, sshd_fixture  # noqa: F401 - the fixture `sshd`
 
 SETTLE = 1.0

@@ -32,8 +32,7 @@ import pytest
 
 from sisdropd import config as sisconfig
 from sisdropd.daemon import STOP_GRACE
-
-from .conftest import TOKEN, USERS, Drop, wait_for
+from tests.support import TOKEN, USERS, Drop, wait_for
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "sisdropd.service"

@@ -11,8 +11,7 @@ import pytest
 from sisdropd import config, files, folders, importer, intake
 from sisdropd.journal import Journal
 from sisdropd.lifecycle import State, TransitionError
-
-from .conftest import write_config
+from tests.support import write_config
 
 GOOD = {
     "canvas": {"base_url": "https://school.instructure.com", "account_id": "1"},
