@@ -113,7 +113,8 @@ def attachment_matches(sis_import: dict[str, Any], upload: str, members: Sequenc
 
     A CSV is listed under our unique upload name (``display_name``, or the CGI-escaped
     ``filename``; a users CSV with passwords as ``<stem>_filtered.csv``). A zip is never
-    listed itself: its recognised members are, by base name and size (``members``).
+    listed itself: its recognised members are, by base name and size (``members``); a
+    member listed filtered matches by name alone, every other one by name and size.
     """
     atts = sis_import.get("csv_attachments") or []
     if not atts:
@@ -126,15 +127,19 @@ def attachment_matches(sis_import: dict[str, Any], upload: str, members: Sequenc
     if not members:
         return False
     ours = Counter((str(m[0]), int(m[1])) for m in members)
-    theirs = Counter((a.get("display_name") or "", int(a.get("size") or 0)) for a in atts)
-    if theirs == ours:
-        return True
-    # A users member with password columns is listed filtered (another name and size).
-    ours_names = Counter(str(m[0]).rsplit(".", 1)[0] for m in members)
-    theirs_names = Counter(
-        (a.get("display_name") or "").rsplit(".", 1)[0].removesuffix("_filtered") for a in atts
-    )
-    return ours_names == theirs_names and sum(ours.values()) == sum(theirs.values())
+    exact: Counter[tuple[str, int]] = Counter()
+    filtered: Counter[str] = Counter()  # a users member with password columns: listed as <stem>_filtered.csv
+    for a in atts:
+        name = a.get("display_name") or ""
+        stem = name.rsplit(".", 1)[0]
+        if stem.endswith("_filtered"):
+            filtered[stem.removesuffix("_filtered")] += 1
+        else:
+            exact[(name, int(a.get("size") or 0))] += 1
+    if exact - ours or exact.total() + filtered.total() != ours.total():
+        return False  # a member we did not send, by name or size, or another number of them
+    # Every member not listed by name and size is a filtered one (its size changes).
+    return Counter(name.rsplit(".", 1)[0] for name, _ in (ours - exact).elements()) == filtered
 
 
 def find_posted(

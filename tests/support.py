@@ -8,16 +8,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sisdropd import config
+from sisdropd.canvas import client_for
 from sisdropd.fakecanvas import FakeCanvas
 from sisdropd.folders import Folders
-from sisdropd.intake import Intake
-from sisdropd.journal import Journal
+from sisdropd.intake import Intake, Taken
+from sisdropd.journal import FileRecord, Journal
+from sisdropd.worker import Worker
 
 TOKEN = "test-token-4f9c2a7e1b"  # a recognisable secret: tests grep for it in every output
 
@@ -184,3 +187,60 @@ def write_slowly(path: Path, data: bytes, pieces: int, seconds: float) -> None:
             f.flush()
             os.fsync(f.fileno())
             time.sleep(seconds / pieces)
+
+
+class Rig:
+    """One worker in-process, every part real: the config, folders and journal in ``root``, a
+    CanvasClient to the simulator over HTTP, the intake and the worker. Files come in through
+    the intake (``drop``) and ``drain`` runs the worker on this thread until nothing is left.
+
+    Timings are small (retries from 0.05 s, status checks every 0.05 s) so a path runs in a
+    second or two; ``sections`` override the config (as in the TOML file).
+    """
+
+    def __init__(self, root: Path, sim: FakeCanvas, **sections: dict[str, Any]) -> None:
+        self.sim = sim
+        merged: dict[str, dict[str, Any]] = {
+            "canvas": {"base_url": sim.url, "account_id": "1", "timeout": 5, "retry_initial": 0.05, "retry_max": 0.2},
+            "folders": {"root": str(root / "sisdrop")},
+            "watch": {"poll_interval": 0.05, "max_wait": 30, "truncated_after": 0},
+        }
+        for section, values in sections.items():
+            merged.setdefault(section, {}).update(values)
+        self.cfg = config.from_dict(merged)
+        self.folders = Folders.of(self.cfg)
+        self.folders.make()
+        self.journal = Journal(self.folders.state_dir)
+        self.stop = threading.Event()
+        self.client = client_for(self.cfg, TOKEN, stop=self.stop)
+        self.intake = Intake(self.cfg, self.journal, self.folders)
+        self.worker = Worker(self.cfg, self.journal, self.client, self.folders, stop=self.stop)
+
+    def drop(self, name: str, data: str | bytes, mtime: float | None = None) -> int:
+        """Write ``name`` into inbox/ and take it through the intake, as the watcher would; its record id."""
+        path = self.folders.inbox / name
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+        assert self.intake.take(path, os.lstat(path)) == Taken.TAKEN
+        return max(r.id for r in self.journal.select() if r.original_name == name)
+
+    def drain(self, timeout: float = 20.0) -> None:
+        assert self.worker.drain(timeout), f"still open after {timeout}s: {self.journal.open_records()}"
+
+    def events(self, file_id: int) -> list[tuple[str | None, str, str | None]]:
+        return self.journal.events(file_id)
+
+    def record(self, file_id: int) -> FileRecord:
+        return self.journal.get(file_id)
+
+    def finished(self, file_id: int) -> tuple[Path, dict[str, Any]]:
+        """The record's file in done/ or failed/, and its sidecar."""
+        rec = self.record(file_id)
+        path = getattr(self.folders, str(rec.state)) / rec.stored_name
+        return path, json.loads(path.with_name(path.name + ".json").read_text())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.client.close()
+        self.journal.close()
