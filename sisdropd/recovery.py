@@ -3,9 +3,12 @@
 Every step of a file's life is journaled before its effect, so what a crash can leave
 behind is known and finished here, before the worker starts:
 
-- a HELD record whose file is still in processing/: the hold is completed (``operator.park``);
-- a file in processing/ that a HELD or FAILED record names by its stored name: a release
-  or retry moved it back and stopped before journaling it; it is requeued;
+- a HELD record whose file is still in processing/ (a hold journaled but not moved, or a
+  release moved back but not journaled: the two look alike) is parked in held/ again; an
+  operator's release is asked again, and nothing is posted unseen;
+- a file in processing/ that a FAILED record (or a HELD one whose file is in held/ as
+  well) names by its stored name: a retry (or a release) moved it back and stopped before
+  journaling it; it is requeued;
 - any other file in processing/ with no record (renamed in, not yet journaled): taken again;
 - an open record whose file is gone from processing/: a FINISHING one whose file already
   reached its folder is completed, any other is closed as LOST.

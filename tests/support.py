@@ -198,15 +198,15 @@ class Rig:
     second or two; ``sections`` override the config (as in the TOML file).
     """
 
-    def __init__(self, root: Path, sim: FakeCanvas, **sections: dict[str, Any]) -> None:
+    def __init__(self, root: Path, sim: FakeCanvas, **sections: Any) -> None:
         self.sim = sim
-        merged: dict[str, dict[str, Any]] = {
+        merged: dict[str, Any] = {
             "canvas": {"base_url": sim.url, "account_id": "1", "timeout": 5, "retry_initial": 0.05, "retry_max": 0.2},
             "folders": {"root": str(root / "sisdrop")},
             "watch": {"poll_interval": 0.05, "max_wait": 30, "truncated_after": 0},
         }
         for section, values in sections.items():
-            merged.setdefault(section, {}).update(values)
+            merged[section] = values if isinstance(values, list) else {**merged.get(section, {}), **values}
         self.cfg = config.from_dict(merged)
         self.folders = Folders.of(self.cfg)
         self.folders.make()

@@ -1,8 +1,9 @@
 """Promises under faults: real SIGKILLs, real network faults from the simulator, real disks.
 
 Every test ends by checking the invariants an operator relies on: each dropped file is in
-exactly one of done/ or failed/ with its bytes intact, nothing is left in inbox/ or
-processing/, and the simulator's own record shows at most one import per drop.
+done/ with its bytes intact (a fault may cost time, never the file: a recovery that gave
+up and sent it to failed/ breaks the promise), nothing is left in inbox/ or processing/,
+and the simulator's own record shows exactly one import per drop.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def sha(b: bytes) -> str:
 
 
 def check_invariants(drop: Drop, dropped: dict[str, bytes]) -> None:
-    """Each drop in exactly one final folder, bytes intact; at most one import per drop."""
+    """Each drop in done/ (and nowhere else), bytes intact; exactly one import of each."""
     # A file appears in done/ (hard link) just before it leaves processing/ (unlink).
     wait_for(lambda: not list(drop.processing.iterdir()), 10, what="processing/ empty")
-    finished = drop.finished()
+    assert drop.outcomes("failed") == [], [drop.sidecar(p)["reason"] for p in drop.outcomes("failed")]
+    finished = drop.outcomes("done")
     by_name: dict[str, list[Path]] = {}
     for p in finished:
         by_name.setdefault(drop.sidecar(p)["original_name"], []).append(p)
@@ -47,8 +49,7 @@ def check_invariants(drop: Drop, dropped: dict[str, bytes]) -> None:
     per_drop: dict[str, int] = {}
     for imp in drop.sim.imports():
         per_drop[imp["sha256"]] = per_drop.get(imp["sha256"], 0) + 1
-    dup = {h: n for h, n in per_drop.items() if n > 1}
-    assert not dup, f"posted twice: {dup}"
+    assert per_drop == {sha(data): 1 for data in dropped.values()}, f"imports per drop: {per_drop}"
 
 
 def zip_bytes() -> bytes:
@@ -78,34 +79,10 @@ def test_sigkill_at_each_crash_point_then_restart(drop: Drop, daemon, point: str
     assert d.proc.wait(30) == -signal.SIGKILL, d.log()
     d2 = daemon()
     wait_for(lambda: drop.finished(), timeout=30, what="finished after restart")
-    check_invariants(drop, {name: data})
-    assert len(drop.sim.imports()) == 1 or point in ("claimed", "before_post", "uploading")
-    assert len(drop.sim.imports()) <= 1
+    check_invariants(drop, {name: data})  # in done/, bytes intact, imported exactly once
     if point == "posted":
         assert "following it, not posting again" in d2.log()
     assert d2.terminate() == 0
-
-
-def test_lost_answer_is_found_in_canvas_not_posted_again(drop: Drop, daemon) -> None:
-    drop.sim.inject("drop_after", method="POST", path="sis_imports")
-    d = daemon()
-    data = USERS.encode()
-    (drop.inbox / "users.csv").write_bytes(data)
-    wait_for(lambda: drop.outcomes("done"), timeout=30, what="done")
-    check_invariants(drop, {"users.csv": data})
-    assert len(drop.sim.imports()) == 1
-    log = d.log()
-    assert "checking its list before posting again" in log and "following it, not posting again" in log
-
-
-def test_post_that_never_arrived_is_posted_again(drop: Drop, daemon) -> None:
-    drop.sim.inject("drop", method="POST", path="sis_imports")
-    d = daemon()
-    data = USERS.encode()
-    (drop.inbox / "users.csv").write_bytes(data)
-    wait_for(lambda: drop.outcomes("done"), timeout=30, what="done")
-    check_invariants(drop, {"users.csv": data})
-    assert "Canvas has no import of the earlier post: posting again" in d.log()
 
 
 @pytest.mark.parametrize("fault", ["500", "502", "503", "429", "403_rate_limit", "drop", "delay"])
@@ -172,45 +149,6 @@ def test_token_revoked_while_an_import_runs(drop: Drop, daemon, tmp_path: Path) 
     assert len(drop.sim.imports()) == 1 and not drop.outcomes("failed")
 
 
-def test_canvas_refusal_400_sends_the_file_to_failed_with_its_message(drop: Drop, daemon) -> None:
-    drop.write(canvas={"account_id": "2"})  # a sub-account: Canvas answers 400
-    daemon()
-    (drop.inbox / "users.csv").write_text(USERS)
-    [failed] = wait_for(lambda: drop.outcomes("failed"), timeout=20, what="failed")
-    side = drop.sidecar(failed)
-    assert "SIS imports can only be executed on root accounts" in side["reason"]
-    assert side["import_id"] is None
-
-
-@pytest.mark.parametrize("abort", [False, True])
-def test_max_wait_timeout_goes_to_failed_with_the_import_id(drop: Drop, daemon, abort: bool) -> None:
-    drop.sim.set_outcome("users", "stuck")  # stays `created` for ever
-    drop.write(watch={"max_wait": 2, "abort_on_timeout": abort})
-    daemon()
-    (drop.inbox / "users.csv").write_text(USERS)
-    [failed] = wait_for(lambda: drop.outcomes("failed"), timeout=20, what="timeout")
-    side = drop.sidecar(failed)
-    [imp] = drop.sim.imports()
-    assert side["reason"].startswith(f"timeout: import {imp['id']} still created after max_wait")
-    assert side["import_id"] == imp["id"]
-    assert imp["workflow_state"] == ("aborted" if abort else "created")
-    assert ("aborted in Canvas" in side["reason"]) is abort
-
-
-def test_unwritable_done_keeps_the_file_and_retries(drop: Drop, daemon) -> None:
-    d = daemon()
-    drop.done.rmdir()
-    drop.done.write_text("not a folder")  # mkdir/move into done/ now fail with an OSError
-    data = USERS.encode()
-    (drop.inbox / "users.csv").write_bytes(data)
-    wait_for(lambda: "cannot move the file into done/" in d.log(), timeout=20, what="loud error")
-    assert len(list(drop.processing.iterdir())) == 1
-    drop.done.unlink()  # the operator fixes it
-    wait_for(lambda: drop.outcomes("done"), timeout=30, what="done after the fix")
-    check_invariants(drop, {"users.csv": data})
-    assert len(drop.sim.imports()) == 1
-
-
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
@@ -257,26 +195,6 @@ def test_disk_full_keeps_the_file_and_retries(drop: Drop, daemon, tmpfs) -> None
     wait_for(lambda: [p for p in (small / "done").iterdir() if p.name.endswith("users.csv")], timeout=30, what="done after space")
     [f] = [p for p in (small / "done").iterdir() if p.name.endswith("users.csv")]
     assert f.read_bytes() == data and len(drop.sim.imports()) == 1
-
-
-def test_orphans_in_processing_are_taken_and_vanished_records_closed(drop: Drop, daemon) -> None:
-    d = daemon()
-    drop.sim.set_outcome("slow", "imported", seconds=3)  # Canvas runs one import at a time
-    (drop.inbox / "slow.csv").write_text(USERS)
-    wait_for(lambda: "posted: import" in d.log(), what="posted")
-    assert d.terminate() == 0
-    # while stopped: its file disappears, and an unknown file appears in processing/
-    [proc_file] = list(drop.processing.iterdir())
-    proc_file.unlink()
-    (drop.processing / "20261127T080000Z-abcdef-orphan.csv").write_text(USERS)
-    d2 = daemon()
-    wait_for(lambda: drop.outcomes("done"), timeout=20, what="orphan done")
-    [done] = drop.outcomes("done")
-    assert drop.sidecar(done)["original_name"] == "orphan.csv"
-    log = d2.log()
-    assert "orphan.csv: found in processing/ with no record: taken again" in log
-    assert "slow.csv" in log and "vanished from processing/" in log
-    assert drop.status()["in_flight"] is None
 
 
 def test_sighup_reopens_the_log_file(drop: Drop, daemon, tmp_path: Path) -> None:

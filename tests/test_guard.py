@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 import json
 import sys
-import time
 import zipfile
 from pathlib import Path
 
-from tests.support import Drop, wait_for
+from tests.support import Drop, holds, wait_for
 
 BATCH = {"import_type": "instructure_csv", "batch_mode": True, "batch_mode_term_id": "sis_term_id:2026FA"}
 
@@ -77,26 +76,20 @@ def test_missing_type_is_held_and_discard_sends_it_to_failed(drop: Drop, daemon)
     assert len(drop.sim.imports()) == 1
 
 
-def test_guard_is_off_for_plain_imports_unless_asked(drop: Drop, daemon) -> None:
-    daemon()
-    (drop.inbox / "users_1.csv").write_text(users(10))
-    wait_for(lambda: drop.outcomes("done"), what="first")
-    (drop.inbox / "users_2.csv").write_text(users(2))
-    wait_for(lambda: len(drop.outcomes("done")) == 2, what="not guarded")
-
-
 def test_pause_takes_nothing_until_resumed(drop: Drop, daemon) -> None:
     d = daemon()
     assert drop.cli("pause", "-c", str(drop.config)).returncode == 0
     wait_for(lambda: "paused: no new files are taken" in d.log(), what="daemon paused")
     (drop.inbox / "users.csv").write_text(users(3))
-    time.sleep(2.0)  # four times settle_seconds: a running daemon would have taken it by now
-    assert (drop.inbox / "users.csv").exists() and drop.sim.imports() == []
+    # No event follows a file left alone, so a bounded wait shows it: four times
+    # settle_seconds, while a running daemon takes a file once it has settled.
+    holds(lambda: (drop.inbox / "users.csv").exists() and drop.sim.imports() == [], 2.0, what="left in the inbox")
     assert drop.status()["paused"] is True
     assert "PAUSED" in drop.cli("status", "-c", str(drop.config)).stdout
     assert drop.cli("resume", "-c", str(drop.config)).returncode == 0
     wait_for(lambda: drop.outcomes("done"), timeout=15, what="taken after resume")
-    assert "asked to pause" in d.log() and "asked to resume" in d.log()
+    log = d.log()
+    assert "asked to pause" in log and log.index("resumed: taking new files") < log.index("users.csv: taken")
 
 
 def test_retry_puts_a_failed_file_back_and_keeps_its_old_sidecar(drop: Drop, daemon) -> None:
@@ -127,21 +120,6 @@ def test_abort_the_import_in_flight(drop: Drop, daemon) -> None:
     assert drop.sidecar(failed)["workflow_state"] == "aborted"
 
 
-def test_rules_set_parameters_by_file_name(drop: Drop, daemon) -> None:
-    drop.write(guard={"max_drop_percent": 100})
-    with open(drop.config, "a") as f:
-        f.write('\n[[rules]]\nmatch = \'batch_(?P<term>\\w+)\\.zip\'\n[rules.import]\nbatch_mode = true\nbatch_mode_term_id = "sis_term_id:{term}"\n')
-    daemon()
-    (drop.inbox / "batch_2026FA.zip").write_bytes(zipped(users=users(3)))
-    wait_for(lambda: drop.outcomes("done"), what="batch done")
-    (drop.inbox / "users.csv").write_text(users(3))
-    wait_for(lambda: len(drop.outcomes("done")) == 2, what="plain done")
-    by_name = {i["filename"].rsplit("-", 1)[-1]: i["params"] for i in drop.sim.imports()}
-    assert by_name["batch_2026FA.zip"]["batch_mode_term_id"] == "sis_term_id:2026FA"
-    assert str(by_name["batch_2026FA.zip"]["batch_mode"]).lower() == "true"
-    assert "batch_mode" not in by_name["users.csv"]
-
-
 def test_bad_rule_is_refused_at_start(drop: Drop) -> None:
     with open(drop.config, "a") as f:
         f.write("\n[[rules]]\nmatch = 'x(.zip'\n")
@@ -157,19 +135,11 @@ def test_stale_feed_alert_once_then_arriving_again(drop: Drop, daemon, tmp_path:
     d = daemon()
     wait_for(lambda: "no new file for" in d.log(), timeout=15, what="stale error")
     wait_for(lambda: out.exists() and out.read_text().strip(), what="stale alert")
-    time.sleep(1)
+    # Two later checks: each operator request makes the daemon log it, then check the
+    # silence; once the second request is logged, the first request's check has run.
+    for n in (1, 2):
+        assert drop.cli("resume", "-c", str(drop.config)).returncode == 0
+        wait_for(lambda n=n: d.log().count("asked to resume") == n, timeout=15, what=f"request {n} logged")
     assert d.log().count("no new file for") == 1 and len(out.read_text().splitlines()) == 1
     (drop.inbox / "users.csv").write_text(users(2))
     wait_for(lambda: "files are arriving again" in d.log(), timeout=15, what="recovered")
-
-
-def test_canvas_change_threshold_abort_is_explained(drop: Drop, daemon) -> None:
-    drop.write(**{"import": {**BATCH, "change_threshold": 10}}, guard={"max_drop_percent": 100})
-    daemon()
-    (drop.inbox / "enroll_1.csv").write_text(enrollments(10))
-    wait_for(lambda: drop.outcomes("done"), what="first")
-    (drop.inbox / "enroll_2.csv").write_text(enrollments(5))
-    [failed] = wait_for(lambda: drop.outcomes("failed"), timeout=20, what="aborted by threshold")
-    side = drop.sidecar(failed)
-    assert side["workflow_state"] == "aborted"
-    assert side["reason"].startswith("Canvas stopped the import because it would delete more than its change_threshold allows")

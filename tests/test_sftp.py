@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import USERS, Drop, wait_for
+from tests.support import USERS, Drop, holds, wait_for
 
 from .sshd import SSHServer, _alive, sshd_fixture  # noqa: F401 - the fixture `sshd`
 
@@ -223,10 +223,14 @@ def test_interrupted_csv_upload_waits_then_full_reupload_is_taken_once(
         what="'looks truncated' in the log",
     )
     noticed = time.time() - mtime
-    time.sleep(SETTLE * 1.2)  # proving a negative: it is checked again and still not taken
-    assert sdrop.sim.imports() == [], "the cut-off file was posted"
-    assert (sdrop.inbox / "users.csv").read_bytes() == partial and not list(
-        sdrop.processing.iterdir()
+    # A waiting file is judged again every max(1 s, settle) and says nothing when it still
+    # waits, so a bounded wait shows it: within SETTLE * 1.2 it was checked again, not taken.
+    holds(
+        lambda: sdrop.sim.imports() == []
+        and (sdrop.inbox / "users.csv").read_bytes() == partial
+        and not list(sdrop.processing.iterdir()),
+        SETTLE * 1.2,
+        what="the cut-off file waits in the inbox, not posted",
     )
     assert len(truncated_lines(d.log(), "users.csv")) == 1, "one log line, not one per check"
     # The SIS retries: the whole file again, same name, as slowly (longer than truncated_after).
@@ -309,10 +313,15 @@ def test_marker_file_releases_the_upload(
     src = local(tmp_path, "users.csv", data)
     marker = local(tmp_path, "users.csv.ok", b"")
     sshd.sftp(f"put {src} users.csv")
-    # Proving a negative: settled, complete, and still not taken without its marker.
-    time.sleep(SETTLE * 1.5)
-    assert [p.name for p in sdrop.inbox.iterdir()] == ["users.csv"] and sdrop.sim.imports() == []
-    assert not list(sdrop.processing.iterdir())
+    # Settled, complete, and still not taken without its marker. A file passed over for its
+    # marker leaves no trace, so a bounded wait shows it: SETTLE * 1.5 after the upload.
+    holds(
+        lambda: [p.name for p in sdrop.inbox.iterdir()] == ["users.csv"]
+        and sdrop.sim.imports() == []
+        and not list(sdrop.processing.iterdir()),
+        SETTLE * 1.5,
+        what="users.csv waits for its marker",
+    )
     t0 = time.monotonic()
     sshd.sftp(f"put {marker} users.csv.ok")
     wait_for(

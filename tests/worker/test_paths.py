@@ -13,7 +13,9 @@ asserts the exact sequence of journal events, each ``(from state, to state, note
 
 from __future__ import annotations
 
+import io
 import sqlite3
+import zipfile
 
 import pytest
 
@@ -167,3 +169,29 @@ def test_files_taken_together_are_imported_one_at_a_time_oldest_first(rig: Rig) 
         order = [fid for (fid,) in db.execute("SELECT file_id FROM events WHERE note != 'taken' ORDER BY id")]
     runs = [fid for i, fid in enumerate(order) if i == 0 or order[i - 1] != fid]
     assert runs == [ids[n] for n in by_import]
+
+
+def test_rules_set_the_parameters_posted_by_file_name(make_rig) -> None:
+    rule = {"match": r"batch_(?P<term>\w+)\.zip", "import": {"batch_mode": True, "batch_mode_term_id": "sis_term_id:{term}"}}
+    rig = make_rig(rules=[rule])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("users.csv", users(3))
+    batch = rig.drop("batch_2026FA.zip", buf.getvalue())
+    plain = rig.drop("users.csv", users(3))
+    rig.drain()
+    params = {imp["id"]: imp["params"] for imp in rig.sim.imports()}
+    assert params[rig.record(batch).import_id]["batch_mode_term_id"] == "sis_term_id:2026FA"
+    assert str(params[rig.record(batch).import_id]["batch_mode"]).lower() == "true"
+    assert "batch_mode" not in params[rig.record(plain).import_id]
+
+
+def test_canvas_change_threshold_abort_is_explained(make_rig) -> None:
+    rig = make_rig(**{"import": {**BATCH, "change_threshold": 10}}, guard={"max_drop_percent": 100})
+    rig.drop("enroll_1.csv", "course_id,user_id,role,status\n" + "".join(f"C1,u{i},student,active\n" for i in range(10)))
+    rig.drain()
+    fid = rig.drop("enroll_2.csv", "course_id,user_id,role,status\n" + "".join(f"C1,u{i},student,active\n" for i in range(5)))
+    rig.drain()
+    assert rig.events(fid)[-2:] == [decided("aborted"), FAILED]
+    _, side = rig.finished(fid)
+    assert side["reason"].startswith("Canvas stopped the import because it would delete more than its change_threshold allows: ")

@@ -1,0 +1,114 @@
+"""The operator's requests in-process: each changes the file and its record together.
+
+The command line around them (printing, exit statuses, the request log, waking a running
+daemon) is tested through real processes in the daemon tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sisdropd import operator
+from sisdropd.folders import pause_flag
+from sisdropd.lifecycle import State
+from tests.support import USERS, Rig
+
+BATCH = {"import_type": "instructure_csv", "batch_mode": True, "batch_mode_term_id": "sis_term_id:2026FA"}
+
+
+def users(n: int) -> str:
+    return "user_id,login_id,status\n" + "".join(f"u{i},login{i},active\n" for i in range(n))
+
+
+def held_file(make_rig) -> tuple[Rig, int]:
+    """A rig whose second batch file fell by 40% and waits in held/."""
+    rig = make_rig(**{"import": BATCH})
+    rig.drop("users_1.csv", users(10))
+    rig.drain()
+    fid = rig.drop("users_2.csv", users(6))
+    rig.drain()
+    assert rig.record(fid).state == State.HELD
+    return rig, fid
+
+
+def test_hold_parks_the_file_in_held_with_its_sidecar(make_rig) -> None:
+    rig, fid = held_file(make_rig)
+    rec = rig.record(fid)
+    held = rig.folders.held / rec.stored_name
+    assert held.read_text() == users(6) and not (rig.folders.processing / rec.stored_name).exists()
+    side = json.loads(held.with_name(held.name + ".json").read_text())
+    assert side["reason"].startswith("held by the change guard: users fell from 10 to 6 rows")
+    assert side["guard"]["counts"] == [{"type": "users", "last_import": 10, "this_file": 6, "change_percent": -40.0}]
+    assert operator.locate(rig.folders, rec) == held
+
+
+def test_release_requeues_the_held_file_with_its_counts_accepted(make_rig) -> None:
+    rig, fid = held_file(make_rig)
+    stored = rig.record(fid).stored_name
+    result = operator.release(rig.journal, rig.folders, "users_2.csv", who="ops")
+    assert result == operator.Result(True, "released: users_2.csv is queued, its counts accepted")
+    rec = rig.record(fid)
+    assert rec.state == State.QUEUED and rec.guard_accepted == 1
+    assert (rig.folders.processing / stored).read_text() == users(6) and not (rig.folders.held / stored).exists()
+    rig.drain()
+    assert rig.record(fid).state == State.DONE and len(rig.sim.imports()) == 2
+
+
+def test_release_by_the_stored_name_and_of_nothing_held(make_rig) -> None:
+    rig, fid = held_file(make_rig)
+    assert not operator.release(rig.journal, rig.folders, "nope.csv", who="ops").ok
+    assert operator.release(rig.journal, rig.folders, rig.record(fid).stored_name, who="ops").ok
+    assert not operator.release(rig.journal, rig.folders, "users_2.csv", who="ops").ok  # no longer held
+
+
+def test_discard_sends_the_held_file_to_failed_with_the_reason(make_rig) -> None:
+    rig, fid = held_file(make_rig)
+    result = operator.discard(rig.journal, "users_2.csv", who="ops")
+    assert result.ok and result.message == "discarded: users_2.csv goes to failed/"
+    assert rig.record(fid).state == State.FINISHING
+    rig.drain()
+    path, side = rig.finished(fid)
+    assert rig.record(fid).state == State.FAILED and path.read_text() == users(6)
+    assert side["reason"].startswith("discarded by operator (held by the change guard")
+    assert not list(rig.folders.held.glob("*users_2.csv")) and len(rig.sim.imports()) == 1
+
+
+def test_retry_requeues_a_failed_file_under_a_new_name_and_keeps_its_old_sidecar(rig: Rig) -> None:
+    rig.sim.set_outcome("users", "failed")
+    fid = rig.drop("users.csv", USERS)
+    rig.drain()
+    old_path, old_side = rig.finished(fid)
+    old_import = rig.record(fid).import_id
+    rig.sim.set_outcome("users", "imported")
+    assert not operator.retry(rig.journal, rig.folders, "nope.csv", who="ops").ok
+    result = operator.retry(rig.journal, rig.folders, "users.csv", who="ops")
+    assert result.ok and result.message == "retrying: users.csv is queued (its old sidecar stays in failed/)"
+    rec = rig.record(fid)
+    assert rec.state == State.QUEUED and rec.stored_name != old_path.name and rec.import_id is None
+    assert old_import in rig.journal.known_import_ids()  # never taken for the new post's import
+    assert json.loads(old_path.with_name(old_path.name + ".json").read_text()) == old_side
+    rig.drain()
+    new_path, side = rig.finished(fid)
+    assert rig.record(fid).state == State.DONE and new_path.read_text() == USERS
+    assert side["import_id"] != old_import and len(rig.sim.imports()) == 2
+
+
+def test_pause_and_resume_set_and_clear_the_flag(rig: Rig) -> None:
+    flag = pause_flag(rig.folders.state_dir)
+    assert operator.pause(rig.folders, True, who="ops").ok and "ops" in flag.read_text()
+    assert operator.pause(rig.folders, False, who="ops") == operator.Result(True, "resumed: new files are taken again")
+    assert not flag.exists()
+
+
+def test_abort_aborts_the_import_in_flight_which_then_fails(rig: Rig) -> None:
+    assert operator.abort(rig.journal, rig.client, 5) == operator.Result(False, "nothing in flight to abort")
+    rig.sim.set_outcome("users", "imported", seconds=30)
+    fid = rig.drop("users.csv", USERS)
+    rig.worker.step(rig.record(fid))  # QUEUED: posted, now RUNNING in Canvas
+    rec = rig.record(fid)
+    assert rec.state == State.RUNNING and rec.import_id
+    result = operator.abort(rig.journal, rig.client, 5)
+    assert result.ok and result.file == "users.csv" and result.message.startswith(f"aborted import {rec.import_id}")
+    rig.drain()
+    _, side = rig.finished(fid)
+    assert rig.record(fid).state == State.FAILED and side["workflow_state"] == "aborted"
