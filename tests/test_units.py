@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sisdropd import config, files, folders, importer, intake
+from sisdropd import config, files, folders, importer, intake, lifecycle
 from sisdropd.journal import Journal
 from sisdropd.lifecycle import State, TransitionError
 from tests.support import write_config
@@ -236,3 +236,31 @@ def test_rule_with_unknown_group_or_bad_params_is_refused(tmp_path: Path) -> Non
     with pytest.raises(config.ConfigError) as e:
         config.load(path)
     assert any(p.startswith("rules[0]: import.change_threshold") for p in e.value.problems), e.value.problems
+
+
+def test_canvas_states_are_each_final_pending_or_running() -> None:
+    groups = (importer.FINAL_STATES, importer.PENDING_STATES, importer.RUNNING_STATES)
+    assert sum(len(g) for g in groups) == len(set().union(*groups))  # no state in two groups
+    assert set().union(*groups) == {  # reference section 5
+        "initializing", "created", "importing", "cleanup_batch", "imported", "imported_with_messages",
+        "aborted", "failed", "failed_with_messages", "restoring", "partially_restored", "restored",
+    }
+
+
+def test_active_is_every_open_state_past_the_queue(tmp_path: Path) -> None:
+    assert lifecycle.ACTIVE == lifecycle.OPEN - {State.QUEUED}
+    j = Journal(tmp_path)
+    late = j.add(original_name="late.csv", stored_name="l", size=1, mtime=5.0)
+    early = j.add(original_name="early.csv", stored_name="e", size=1, mtime=1.0)
+    assert [r.id for r in j.queued()] == [early, late] and j.active() == []
+    j.transition(late, State.POSTING)
+    assert [r.id for r in j.active()] == [late] and [r.id for r in j.queued()] == [early]
+    j.close()
+
+
+def test_the_folders_are_named_once_and_overridable(tmp_path: Path) -> None:
+    cfg = load(tmp_path, {**GOOD, "folders": {"root": "/srv/sisdrop", "held": "/var/held"}})
+    f = folders.Folders.of(cfg)
+    assert [n for n, _ in f.items()] == list(config.FOLDER_NAMES) == ["inbox", "processing", "done", "failed", "held", "state_dir"]
+    assert (f.inbox, f.held, f.state_dir) == (Path("/srv/sisdrop/inbox"), Path("/var/held"), Path("/srv/sisdrop/.sisdropd"))
+    assert folders.journal_file(f.state_dir) == Path("/srv/sisdrop/.sisdropd/journal.sqlite3")
