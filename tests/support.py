@@ -22,6 +22,7 @@ from sisdropd.intake import Intake, Taken
 from sisdropd.journal import FileRecord, Journal
 from sisdropd.worker import Worker
 
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 TOKEN = "test-token-4f9c2a7e1b"  # a recognisable secret: tests grep for it in every output
 
 

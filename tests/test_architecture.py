@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "sisdropd"
+from tests.support import REPO
+
+PACKAGE = REPO / "sisdropd"
 MAX_LINES = 600
 SIMULATOR = ("sisdropd.fakecanvas", "sisdropd.simulator")  # prefixes: the modules and the package
 MAY_IMPORT_SIMULATOR = {"sisdropd.commands.demo"}

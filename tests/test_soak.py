@@ -6,7 +6,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
+from tests.support import REPO
+
+SCRIPT = REPO / "scripts" / "soak.py"
 
 
 def test_short_soak_loses_nothing_and_posts_nothing_twice(tmp_path: Path) -> None:

@@ -32,9 +32,9 @@ import pytest
 
 from sisdropd import config as sisconfig
 from sisdropd.daemon import STOP_GRACE
-from tests.support import TOKEN, USERS, Drop, wait_for
+from tests.support import REPO, TOKEN, USERS, Drop, wait_for
 
-SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
+SYSTEMD = REPO / "systemd"
 UNIT = SYSTEMD / "sisdropd.service"
 TEMPLATE = SYSTEMD / "sisdropd@.service"
 EXAMPLE = SYSTEMD / "sisdropd.toml.example"

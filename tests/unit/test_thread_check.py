@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+from tests.support import REPO
+
+CONFTEST = REPO / "tests" / "conftest.py"
 
 
 def test_a_leaked_thread_fails_its_test_and_an_ending_one_does_not(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", str(CONFTEST.parents[1]))  # the conftest imports tests.support
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the conftest imports tests.support
     pytester.makeconftest(CONFTEST.read_text())
     pytester.makepyfile(
         """
