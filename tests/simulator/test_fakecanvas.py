@@ -812,7 +812,7 @@ def test_chunked_body_is_decoded_exactly(payload: bytes, chunk: int, trickle: in
 
 
 def test_main_serves_until_sigterm(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
         [sys.executable, "-m", "sisdropd.fakecanvas", "--port", "0", "--token", "cmd-token"],
         stdout=subprocess.PIPE,
