@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sisdropd.fakecanvas import FakeCanvas  # noqa: E402
+from sisdropd.simulator import FakeCanvas  # noqa: E402
 
 TOKEN = "soak-token-7d1e9c"
 FAULTS = ("500", "502", "503", "429", "403_rate_limit", "drop", "drop_after", "delay")

@@ -129,7 +129,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fake_canvas(args: argparse.Namespace) -> int:
-    from sisdropd import fakecanvas
+    from sisdropd import simulator as fakecanvas
 
     argv = ["--host", args.host, "--port", str(args.port)]
     if args.token:

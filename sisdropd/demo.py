@@ -21,8 +21,8 @@ from typing import TextIO
 from sisdropd import logs
 from sisdropd.config import from_dict
 from sisdropd.daemon import Daemon
-from sisdropd.fakecanvas import FakeCanvas
 from sisdropd.lifecycle import CLOSED, State
+from sisdropd.simulator import FakeCanvas
 
 # (name in inbox, what we expect, why)
 DROPS = (

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sisdropd.fakecanvas import FakeCanvas
+from sisdropd.simulator import FakeCanvas
 
 TOKEN = "test-token-4f9c2a7e1b"  # a recognisable secret: tests grep for it in every output
 

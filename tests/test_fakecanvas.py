@@ -29,8 +29,8 @@ import requests
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from sisdropd.fakecanvas import FAULTS, FakeCanvas
-from sisdropd.fakecanvas_upload import BodyReader, receive_multipart
+from sisdropd.simulator import FAULTS, FakeCanvas
+from sisdropd.simulator.upload import BodyReader, receive_multipart
 from sisdropd.sisformat import COUNT_KEYS, UNRECOGNISED_HEADER
 
 T = TypeVar("T")
@@ -814,7 +814,7 @@ def test_chunked_body_is_decoded_exactly(payload: bytes, chunk: int, trickle: in
 def test_main_serves_until_sigterm(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sisdropd.fakecanvas", "--port", "0", "--token", "cmd-token"],
+        [sys.executable, "-m", "sisdropd.simulator", "--port", "0", "--token", "cmd-token"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=repo,
@@ -836,3 +836,56 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- the package's shape -------------------------------------------------------------------------
+
+SIM_DIR = Path(__file__).resolve().parents[1] / "sisdropd" / "simulator"
+
+
+def _simulator_imports() -> dict[str, set[str]]:
+    """Each simulator module's imports of other simulator modules, TYPE_CHECKING ones too."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted(SIM_DIR.glob("*.py")):
+        name = path.stem
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mod = node.module
+                if node.level:  # relative: from .x import y / from . import x
+                    mod = f"sisdropd.simulator.{mod}" if mod else "sisdropd.simulator"
+                if mod == "sisdropd.simulator":
+                    deps |= {a.name for a in node.names}
+                elif mod.startswith("sisdropd.simulator."):
+                    deps.add(mod.split(".")[2])
+                elif mod == "sisdropd" and any(a.name == "simulator" for a in node.names):
+                    deps.add("__init__")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("sisdropd.simulator."):
+                        deps.add(a.name.split(".")[2])
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_simulator_package_has_no_cycles_and_parts_never_import_the_facade() -> None:
+    graph = _simulator_imports()
+    assert {"facade", "http", "upload", "store", "runner", "content", "model", "context"} <= set(
+        graph
+    )
+    users_of_facade = {m for m, deps in graph.items() if "facade" in deps or "__init__" in deps}
+    assert users_of_facade <= {"__init__", "command"}, users_of_facade
+    assert "http" not in graph["context"] and "facade" not in graph["http"]
+
+    def visit(node: str, path: list[str]) -> None:
+        assert node not in path, f"import cycle: {' -> '.join([*path, node])}"
+        for dep in graph.get(node, ()):
+            visit(dep, [*path, node])
+
+    for module in graph:
+        visit(module, [])
+    for path in SIM_DIR.glob("*.py"):
+        lines = len(path.read_text().splitlines())
+        assert lines <= 600, f"{path.name} has {lines} lines"

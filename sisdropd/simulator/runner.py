@@ -1,31 +1,24 @@
-"""SIS batches of the Canvas simulator: their records, time-driven state machine and JSON.
+"""The time-driven side of the Canvas simulator: Canvas's import job, one batch at a time.
 
-One :class:`Store` per simulator holds every batch and runs one background worker that moves
-them along (reference §5, §6): ``created`` batches start one at a time, oldest first, once
+:class:`Runner` owns one background thread that moves the :class:`~.store.Store`'s batches
+along (reference §5, §6): ``created`` batches start one at a time, oldest first, once
 ``start_delay`` has passed since their creation; a started batch is read
-(:func:`~sisdropd.fakecanvas_content.analyse`), turns ``importing`` with its
-``csv_attachments``, its progress rises over its run time, batch mode adds a
-``cleanup_batch`` stage (progress from 0 again, half the run time), and then it ends in the
-state its content (or a :meth:`Store.set_outcome` override) gives. An errors attachment
-appears ``errors_attachment_delay`` seconds after a batch with messages ended.
-All public methods are thread-safe.
+(:func:`~.content.analyse`), turns ``importing`` with its ``csv_attachments``, its progress
+rises over its run time, batch mode adds a ``cleanup_batch`` stage (progress from 0 again,
+half the run time), and then it ends in the state its content (or an outcome rule) gives.
+An errors attachment appears ``errors_attachment_delay`` seconds after a batch with messages
+ended. Timings are read from the shared :class:`~.model.Timing` at every step.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
-import hashlib
-import re
-import shutil
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from sisdropd.fakecanvas_content import (
+from sisdropd.simulator.content import (
     HEAD,
     Analysis,
     Message,
@@ -33,18 +26,8 @@ from sisdropd.fakecanvas_content import (
     analyse,
     total_state_changes,
 )
-from sisdropd.fakecanvas_model import (
-    ABORTABLE,
-    OUTCOME_STATES,
-    RUNNING,
-    SUCCESS,
-    Batch,
-    Outcome,
-    SimFile,
-    build_options,
-    iso,
-    term_key,
-)
+from sisdropd.simulator.model import RUNNING, SUCCESS, Batch, Timing, term_key
+from sisdropd.simulator.store import Store
 from sisdropd.sisformat import COUNT_KEYS
 
 # Which message kinds a finished batch shows, by final state.
@@ -58,32 +41,17 @@ _VISIBLE = {
 _BATCH_KINDS = ("courses", "sections", "enrollments")
 
 
-class Store:
-    """Every batch of one simulated root account, and the worker that runs them."""
+class Runner:
+    """Runs the batches of ``store`` as Canvas's job would, with the durations of ``timing``."""
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        import_seconds: float,
-        start_delay: float,
-        errors_attachment_delay: float,
-        user: dict[str, Any],
-    ) -> None:
-        self.root = root
-        self.import_seconds = import_seconds
-        self.start_delay = start_delay
-        self.errors_attachment_delay = errors_attachment_delay
-        self.user = user
-        self._cond = threading.Condition(threading.RLock())
-        self._batches: dict[int, Batch] = {}
-        self._files: dict[int, SimFile] = {}
-        self._outcomes: list[Outcome] = []
-        self._next_id = 1
-        self._next_file_id = 1001
+    def __init__(self, store: Store, timing: Timing) -> None:
+        self.store = store
+        self.timing = timing
+        self._cond = store.cond
         self._running: Batch | None = None
         self._analysing: Batch | None = None
         self._due: list[Batch] = []
+        # What earlier batch-mode imports left in each term, for the next one's clean-up.
         self._memory: dict[str, dict[str, set[Any]]] = {}
         self._course_term: dict[str, str] = {}
         self._section_course: dict[str, str] = {}
@@ -108,162 +76,7 @@ class Store:
         if self._analyser is not None:  # read after the worker ended: it may have started one
             self._analyser.join(timeout=30)
 
-    # -- creating and changing batches -----------------------------------------------------
-
-    def create(
-        self,
-        *,
-        stored_name: str,
-        upload: Path,
-        size: int,
-        kind: str,
-        params: dict[str, str],
-        user_id: int,
-    ) -> Batch:
-        """Save a new batch in ``initializing`` and move its upload into its folder."""
-        with self._cond:
-            bid = self._next_id
-            self._next_id += 1
-            bdir = self.root / "imports" / str(bid)
-            bdir.mkdir(parents=True)
-            dest = bdir / "upload"
-            upload.replace(dest)
-            now = time.time()
-            b = Batch(
-                id=bid,
-                stored_name=stored_name,
-                upload=dest,
-                dir=bdir,
-                size=size,
-                kind=kind,
-                params=dict(params),
-                options=build_options(params),
-                user_id=user_id,
-                created=now,
-                created_mono=time.monotonic(),
-                updated=now,
-            )
-            self._batches[bid] = b
-            return b
-
-    def queue(self, b: Batch) -> None:
-        """Mark an initializing batch ``created``: it now waits for its turn."""
-        with self._cond:
-            b.workflow_state = "created"
-            b.touch()
-            self._cond.notify_all()
-
-    def abort(self, bid: int) -> Batch | None:
-        """Abort one unfinished batch at once; None if unknown or already finished."""
-        with self._cond:
-            b = self._batches.get(bid)
-            if b is None or b.workflow_state not in ABORTABLE:
-                return None
-            b.workflow_state = "aborted"
-            b.touch()
-            if b is self._running:
-                self._running = None
-            self._cond.notify_all()
-            return b
-
-    def abort_all_pending(self) -> None:
-        """Abort every ``initializing`` or ``created`` batch; running ones go on."""
-        with self._cond:
-            for b in self._batches.values():
-                if b.workflow_state in ("initializing", "created"):
-                    b.workflow_state = "aborted"
-                    b.touch()
-            self._cond.notify_all()
-
-    def set_outcome(self, pattern: str, state: str, seconds: float | None = None) -> None:
-        """Batches whose stored name matches ``pattern`` end in ``state`` (latest rule wins)."""
-        if state not in OUTCOME_STATES:
-            raise ValueError(f"unknown outcome state {state!r}")
-        with self._cond:
-            self._outcomes.append(Outcome(re.compile(pattern), state, seconds))
-            self._cond.notify_all()
-
-    def _outcome_for(self, name: str) -> Outcome | None:
-        for o in reversed(self._outcomes):
-            if o.pattern.search(name):
-                return o
-        return None
-
-    # -- reading -------------------------------------------------------------------------------
-
-    def get(self, bid: int) -> Batch | None:
-        with self._cond:
-            return self._batches.get(bid)
-
-    def file(self, fid: int) -> SimFile | None:
-        with self._cond:
-            return self._files.get(fid)
-
-    def select(
-        self,
-        *,
-        since: float | None = None,
-        before: float | None = None,
-        states: set[str] | None = None,
-    ) -> list[Batch]:
-        """Batches newest first, filtered strictly by creation time and by state."""
-        with self._cond:
-            out = [
-                b
-                for b in self._batches.values()
-                if (since is None or b.created > since)
-                and (before is None or b.created < before)
-                and (not states or b.workflow_state in states)
-            ]
-        out.sort(key=lambda b: (b.created, b.id), reverse=True)
-        return out
-
-    def records(self) -> list[dict[str, Any]]:
-        """The simulator's own record of every batch, oldest first (see FakeCanvas.imports)."""
-        with self._cond:
-            batches = sorted(self._batches.values(), key=lambda b: b.id)
-        out = []
-        for b in batches:
-            if b.sha256 is None:
-                h = hashlib.sha256()
-                with open(b.upload, "rb") as fh:
-                    while block := fh.read(1 << 20):
-                        h.update(block)
-                b.sha256 = h.hexdigest()
-            with self._cond:
-                out.append(
-                    {
-                        "id": b.id,
-                        "filename": b.stored_name,
-                        "size": b.size,
-                        "sha256": b.sha256,
-                        "workflow_state": b.workflow_state,
-                        "created_at": iso(b.created),
-                        "params": dict(b.params),
-                        "user_id": b.user_id,
-                    }
-                )
-        return out
-
-    def messages(self, b: Batch, *, failure_only: bool = False) -> Iterator[Message]:
-        """The batch's error rows (SisBatchError), in the order found; none before it ends."""
-        with self._cond:
-            visible = b.visible
-            extra = list(b.extra)
-            spool = b.analysis.spool if b.analysis else None
-        if not visible:
-            return
-        kinds = visible & {"error"} if failure_only else visible
-        if spool is not None and spool.exists():
-            with open(spool, encoding="utf-8", newline="") as fh:
-                for kind, file, message, row, row_info in csv.reader(fh):
-                    if kind in kinds:
-                        yield Message(
-                            kind, file or None, message, int(row) if row else None, row_info
-                        )
-        for m in extra:
-            if m.kind in kinds:
-                yield m
+    # -- waiting ---------------------------------------------------------------------------------
 
     def settled(self) -> bool:
         """True when nothing is pending or running and no errors attachment is due.
@@ -274,11 +87,11 @@ class Store:
         with self._cond:
             if self._analysing is not None or self._running is not None or self._due:
                 return False
-            for b in self._batches.values():
+            for b in self.store.batches():
                 if b.workflow_state in RUNNING:
                     return False
                 if b.workflow_state == "created":
-                    o = self._outcome_for(b.stored_name)
+                    o = self.store.outcome_for(b.stored_name)
                     if not (b.stuck or (o is not None and o.state == "stuck")):
                         return False
             return True
@@ -294,45 +107,7 @@ class Store:
                 self._cond.wait(min(left, 0.05))
             return True
 
-    def render(self, b: Batch, base: str) -> dict[str, Any]:
-        """The SisImport JSON object (§3) of a batch; file URLs under ``base``."""
-        with self._cond:
-            d: dict[str, Any] = {
-                "id": b.id,
-                "created_at": iso(b.created),
-                "started_at": iso(b.started),
-                "ended_at": iso(b.ended),
-                "updated_at": iso(b.updated),
-                "progress": b.progress,
-                "workflow_state": b.workflow_state,
-                "data": copy.deepcopy(b.data),
-                **b.options,
-            }
-            if b.processing_errors:
-                d["processing_errors"] = copy.deepcopy(b.processing_errors)
-            if b.processing_warnings:
-                d["processing_warnings"] = copy.deepcopy(b.processing_warnings)
-            if b.options["diffing_data_set_identifier"] and not b.batch_mode:
-                d["diffing_threshold_exceeded"] = False
-            if b.errors_attachment is not None:
-                d["errors_attachment"] = b.errors_attachment.json(base)
-            d["user"] = dict(self.user, id=b.user_id)
-            if b.csv_attachments:
-                d["csv_attachments"] = [f.json(base) for f in b.csv_attachments]
-            return d
-
-    def render_many(self, batches: list[Batch], base: str) -> list[dict[str, Any]]:
-        """Render several batches as one consistent snapshot."""
-        with self._cond:
-            return [self.render(b, base) for b in batches]
-
     # -- the worker ----------------------------------------------------------------------------
-
-    def _new_file(self, name: str, path: Path, size: int, created: float) -> SimFile:
-        f = SimFile(self._next_file_id, name, path, size, created)
-        self._next_file_id += 1
-        self._files[f.id] = f
-        return f
 
     def _work(self) -> None:
         while True:
@@ -367,24 +142,24 @@ class Store:
         for b in self._due:
             if b.errors_due is not None:
                 wait = min(wait, b.errors_due - now)
-        for b in self._batches.values():
+        for b in self.store.batches():
             if b.workflow_state == "created" and not b.stuck:
-                wait = min(wait, b.created_mono + self.start_delay - now)
+                wait = min(wait, b.created_mono + self.timing.start_delay - now)
         return max(0.005, wait)
 
     def _pick(self, now: float) -> Batch | None:
         waiting = sorted(
             (
                 b
-                for b in self._batches.values()
+                for b in self.store.batches()
                 if b.workflow_state == "created"
                 and not b.stuck
-                and b.created_mono + self.start_delay <= now
+                and b.created_mono + self.timing.start_delay <= now
             ),
             key=lambda b: (b.created, b.id),
         )
         for b in waiting:
-            b.forced = self._outcome_for(b.stored_name)
+            b.forced = self.store.outcome_for(b.stored_name)
             if b.forced is not None and b.forced.state == "stuck":
                 b.stuck = True
                 continue
@@ -425,7 +200,7 @@ class Store:
             b.workflow_state = "importing"
             b.progress = 0
             for name, path, size in result.attachments:
-                b.csv_attachments.append(self._new_file(name, path, size, b.started))
+                b.csv_attachments.append(self.store.new_file(name, path, size, b.started))
             b.data["supplied_batches"] = list(result.supplied)
             b.data["running_immediately"] = result.inline
             b.data["downloadable_attachment_ids"] = [f.id for f in b.csv_attachments]
@@ -435,7 +210,7 @@ class Store:
     def _run_time(self, b: Batch) -> float:
         if b.forced is not None and b.forced.seconds is not None:
             return b.forced.seconds
-        return self.import_seconds
+        return self.timing.import_seconds
 
     def _enter_phase(self, b: Batch, now: float, length: float) -> None:
         b.phase_start = now
@@ -602,7 +377,7 @@ class Store:
         b.batch_plan = None
         b.touch()
         if n_err + n_warn:
-            b.errors_due = now + self.errors_attachment_delay
+            b.errors_due = now + self.timing.errors_attachment_delay
             self._due.append(b)
         if self._running is b:
             self._running = None
@@ -614,18 +389,16 @@ class Store:
         with open(path, "w", encoding="utf-8", newline="") as out:
             w = csv.writer(out)
             w.writerow(["sis_import_id", "file", "message", "row"])
-            for m in self.messages(b):
+            for m in self.store.messages(b):
                 w.writerow([b.id, m.file or "", m.message, "" if m.row is None else m.row])
         with self._cond:
-            b.errors_attachment = self._new_file(path.name, path, path.stat().st_size, time.time())
+            b.errors_attachment = self.store.new_file(
+                path.name, path, path.stat().st_size, time.time()
+            )
             b.errors_due = None
             if b in self._due:
                 self._due.remove(b)
             self._cond.notify_all()
-
-    def remove_files(self) -> None:
-        """Delete every stored upload and scratch file."""
-        shutil.rmtree(self.root / "imports", ignore_errors=True)
 
 
 def _head(msgs: list[Message], total: int, word: str) -> list[list[Any]]:

@@ -1,8 +1,8 @@
 """Records of the Canvas simulator: batches, files, outcome rules, and their JSON pieces.
 
-Plain data shared by the store (:mod:`sisdropd.fakecanvas_store`) and the HTTP side
-(:mod:`sisdropd.fakecanvas_http`): the workflow states (reference §5), Canvas's timestamp
-format, the option keys echoed in the SisImport JSON (§2.1, §3) and the File object (§3).
+Plain data shared by the store (:mod:`.store`), the runner (:mod:`.runner`) and the HTTP
+side (:mod:`.http`): the workflow states (reference §5), Canvas's timestamp format, the option
+keys echoed in the SisImport JSON (§2.1, §3) and the File object (§3).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sisdropd.fakecanvas_content import Analysis, Message
+from sisdropd.simulator.content import Analysis, Message
 
 SUCCESS = frozenset({"imported", "imported_with_messages"})
 TERMINAL = SUCCESS | {"failed", "failed_with_messages", "aborted"}
@@ -156,6 +156,31 @@ class SimFile:
         }
 
 
+def user_json(user_id: int, name: str) -> dict[str, Any]:
+    """Canvas's short User object (the ``user`` of a SisImport, ``GET /users/self``)."""
+    first, _, last = name.partition(" ")
+    return {
+        "id": user_id,
+        "name": name,
+        "sortable_name": f"{last}, {first}" if last else name,
+        "short_name": name,
+    }
+
+
+@dataclass
+class Timing:
+    """How long things take in the simulated Canvas (seconds); read afresh at every step.
+
+    ``import_seconds``: the run of one import (batch mode's clean-up takes half as long again).
+    ``start_delay``: a created import waits at least this long before it may start.
+    ``errors_attachment_delay``: the errors CSV appears this long after a batch ended.
+    """
+
+    import_seconds: float = 1.0
+    start_delay: float = 0.0
+    errors_attachment_delay: float = 0.3
+
+
 @dataclass
 class Outcome:
     """A :meth:`Store.set_outcome` rule."""
@@ -177,7 +202,7 @@ class Batch:
     kind: str
     params: dict[str, str]
     options: dict[str, Any]
-    user_id: int
+    user: dict[str, Any]
     created: float
     created_mono: float
     updated: float
@@ -201,6 +226,10 @@ class Batch:
     sha256: str | None = None
     processing_errors: list[list[Any]] = field(default_factory=list)
     processing_warnings: list[list[Any]] = field(default_factory=list)
+
+    @property
+    def user_id(self) -> int:
+        return int(self.user["id"])
 
     @property
     def batch_mode(self) -> bool:
