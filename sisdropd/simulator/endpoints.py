@@ -3,19 +3,20 @@
 :class:`SisEndpoints` serves one account's ``.../sis_imports`` routes once the server has
 checked the token and the account (reference §2 create, in Canvas's order of work §2.4;
 §4 show, list, importing, abort, abort_all_pending, errors; §8 pagination) and the file
-downloads (``/files/:id/download``). It reads and changes state only through the
+downloads (``/files/:id/download``), restore_states and its Progress (§4). It reads and changes state only through the
 :class:`~.context.SimContext` it is given.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
-from sisdropd.simulator.context import SimContext
+from sisdropd.simulator.context import PERMISSIONS, Grant, SimContext
 from sisdropd.simulator.model import WORKFLOW_STATES, Batch, parse_time, truthy
 from sisdropd.simulator.upload import (
     BadBody,
@@ -28,6 +29,43 @@ from sisdropd.simulator.wire import NOT_FOUND, UNAUTHORIZED, Reply, Request, jso
 _RAW_EXT = {"application/zip": "zip", "text/csv": "csv", "text/plain": "csv", "text/xml": "xml"}
 _DROP_STATUSES = {"deleted", "completed", "inactive", "deleted_last_completed"}
 _USER_REMOVE_STATUSES = {"deleted", "suspended"}
+_NEEDS = {"create": frozenset({"import_sis"}), "restore": frozenset({"manage_sis"})}
+
+
+def _route_name(method: str, rest: list[str]) -> str | None:
+    """Which SIS endpoint ``METHOD .../accounts/:id/<rest>`` is; None for no route."""
+    if rest == ["sis_imports"]:
+        return {"POST": "create", "GET": "list"}.get(method)
+    if rest == ["sis_imports", "importing"]:
+        return "importing" if method == "GET" else None
+    if rest == ["sis_imports", "abort_all_pending"]:
+        return "abort_all_pending" if method == "PUT" else None
+    if rest == ["sis_import_errors"]:
+        return "all_errors" if method == "GET" else None
+    if len(rest) >= 2 and rest[0] == "sis_imports" and rest[1].isdigit():
+        tail = (method, tuple(rest[2:]))
+        return {
+            ("GET", ()): "show",
+            ("PUT", ("abort",)): "abort",
+            ("PUT", ("restore_states",)): "restore",
+            ("GET", ("errors",)): "errors",
+        }.get(tail)
+    return None
+
+
+def _body_params(req: Request) -> dict[str, str]:
+    """Form or JSON parameters of a small request body (restore_states)."""
+    raw = req.read_small(64 * 1024)
+    if not raw:
+        return {}
+    media, _ = parse_header_params(req.header("Content-Type"))
+    if media == "application/json":
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            return {}
+        return {str(k): str(v).lower() for k, v in obj.items()} if isinstance(obj, dict) else {}
+    return dict(urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 class SisEndpoints:
@@ -45,45 +83,74 @@ class SisEndpoints:
             "error_report_id": next(self._report_ids),
         }
 
-    def route(self, req: Request, rest: list[str], user: dict[str, Any]) -> Reply:
-        """Answer ``.../accounts/:id/<rest>`` for the token's ``user``."""
+    def route(self, req: Request, rest: list[str], grant: Grant) -> Reply:
+        """Answer ``.../accounts/:id/<rest>`` for a token with ``grant`` (account checked)."""
         base = req.base
         method = req.method
-        if rest == ["sis_imports"]:
-            if method == "POST":
-                return self.create(req, user)
-            if method == "GET":
-                return self.list_imports(req)
-        elif rest == ["sis_imports", "importing"] and method == "GET":
+        route = _route_name(method, rest)
+        if route is None:
+            return json_reply(404, NOT_FOUND)
+        # §1: import_sis creates; restore_states needs manage_sis; the rest take either.
+        need = _NEEDS.get(route, PERMISSIONS)
+        if "unauthorized" in self.ctx.refusals or not (grant.permissions & need):
+            return json_reply(401, UNAUTHORIZED)
+        if route == "create":
+            return self.create(req, grant.user)
+        if route == "list":
+            return self.list_imports(req)
+        if route == "importing":
             running = self.store.select(states={"importing", "cleanup_batch"})
             return json_reply(200, {"sis_imports": self.store.render_many(running, base)})
-        elif rest == ["sis_imports", "abort_all_pending"] and method == "PUT":
+        if route == "abort_all_pending":
             self.store.abort_all_pending()
             return json_reply(200, {"aborted": True})
-        elif rest == ["sis_import_errors"] and method == "GET":
+        if route == "all_errors":
             return self.errors_page(req, self.store.select())
-        elif len(rest) >= 2 and rest[0] == "sis_imports" and rest[1].isdigit():
-            bid = int(rest[1])
-            if rest[2:] == [] and method == "GET":
-                b = self.store.get(bid)
-                return self._one(b, base)
-            if rest[2:] == ["abort"] and method == "PUT":
-                return self._one(self.store.abort(bid), base)
-            if rest[2:] == ["errors"] and method == "GET":
-                b = self.store.get(bid)
-                return self.errors_page(req, [b]) if b else json_reply(404, NOT_FOUND)
-        return json_reply(404, NOT_FOUND)
+        bid = int(rest[1])
+        if route == "show":
+            return self._one(self.store.get(bid), base)
+        if route == "abort":
+            return self._one(self.store.abort(bid), base)
+        if route == "restore":
+            return self.restore(req, bid)
+        b = self.store.get(bid)
+        return self.errors_page(req, [b]) if b else json_reply(404, NOT_FOUND)
 
     def _one(self, b: Batch | None, base: str) -> Reply:
         return json_reply(200, self.store.render(b, base)) if b else json_reply(404, NOT_FOUND)
 
-    # -- create ---------------------------------------------------------------------------------
+    # -- undo ------------------------------------------------------------------------------------
 
-    def _term_known(self, term: str) -> bool:
-        known = self.ctx.known_terms
-        if known is None:
-            return True
-        return term in known or term.removeprefix("sis_term_id:") in known
+    def restore(self, req: Request, bid: int) -> Reply:
+        """PUT .../sis_imports/:id/restore_states: queue the undo job, answer its Progress.
+
+        Options come from the query or a form/JSON body. The reference (§4) says nothing of
+        an import that has not finished; Canvas's controller does not look at the batch's
+        state, so neither does the simulator: the job runs, its ``restoring`` write takes
+        the batch off the queue (or ends its run), and it ends restored like any other.
+        """
+        params = {**dict(req.query), **_body_params(req)}
+        options = {
+            key: truthy(params.get(key))
+            for key in ("batch_mode", "undelete_only", "unconclude_only")
+        }
+        if options["undelete_only"] and options["unconclude_only"]:
+            return json_reply(
+                400, {"message": "cannot set both undelete_only and unconclude_only"}
+            )
+        p = self.store.restore(bid, options)
+        if p is None:
+            return json_reply(404, NOT_FOUND)
+        return json_reply(200, self.store.render_progress(p, req.base))
+
+    def progress(self, req: Request, pid: str) -> Reply:
+        """GET /api/v1/progress/:id."""
+        p = self.store.progress(int(pid)) if pid.isdigit() else None
+        if p is None:
+            return json_reply(404, NOT_FOUND)
+        return json_reply(200, self.store.render_progress(p, req.base))
+
+    # -- create ---------------------------------------------------------------------------------
 
     def create(self, req: Request, user: dict[str, Any]) -> Reply:
         """POST .../sis_imports, in Canvas's order of work (reference §2.4)."""
@@ -118,10 +185,10 @@ class SisEndpoints:
                         return json_reply(400, {"error": "Invalid content type, UTF-8 required"})
                     ext = _RAW_EXT.get(media, "zip")
                 stored = f"sis_import.{ext}"
-            if truthy(params.get("batch_mode")):
+            if truthy(params.get("batch_mode")):  # step 4: only checked with batch_mode
                 term = params.get("batch_mode_term_id")
-                if term:
-                    if not self._term_known(term):
+                if term:  # given but not an active term: api_find's 404
+                    if not self.ctx.term_exists(term):
                         return json_reply(404, NOT_FOUND)
                 elif "multi_term_batch_mode" not in params:
                     msg = "Batch mode specified, but the given batch_mode_term_id cannot be found."

@@ -23,6 +23,7 @@ from typing import Any
 from sisdropd.simulator.context import Fault, SimContext
 from sisdropd.simulator.control import ControlEndpoints
 from sisdropd.simulator.endpoints import SisEndpoints
+from sisdropd.simulator.model import iso
 from sisdropd.simulator.upload import CHUNK, BadBody, BodyReader, ClientGone
 from sisdropd.simulator.wire import (
     INVALID_TOKEN,
@@ -38,6 +39,7 @@ from sisdropd.simulator.wire import (
 _STATUS_FAULTS = {"500", "502", "503", "429", "403_rate_limit", "401"}
 _RATE_MAX = 700.0
 _RATE_LEAK = 10.0
+_OTHER_ROOT = 9999  # the root above the account when the "sub_account" refusal is on
 
 
 class Server(ThreadingHTTPServer):
@@ -272,13 +274,22 @@ class Api:
         given = req.bearer()
         if not given:
             return json_reply(401, UNAUTHENTICATED, rate=False, headers=[WWW_AUTH])
-        user = self.ctx.tokens.user_of(given)
-        if user is None:
+        grant = self.ctx.tokens.grant(given)
+        if grant is None:
             return json_reply(401, INVALID_TOKEN, rate=False, headers=[WWW_AUTH])
+        refusals = self.ctx.refusals
+        if "expired_token" in refusals:
+            body = {
+                "errors": [{"message": "Expired access token."}],
+                "expired_at": iso(refusals["expired_token"]),
+            }
+            return json_reply(401, body, rate=False, headers=[WWW_AUTH])
         api = path[len("/api/v1") :].removesuffix(".json")
         parts = [urllib.parse.unquote(p) for p in api.strip("/").split("/")]
         if parts == ["users", "self"] and method == "GET":
-            return json_reply(200, user)
+            return json_reply(200, dict(grant.user))
+        if len(parts) == 2 and parts[0] == "progress" and method == "GET":
+            return self.sis.progress(req, parts[1])
         if len(parts) < 2 or parts[0] != "accounts":
             return json_reply(404, NOT_FOUND)
         acct, rest = parts[1], parts[2:]
@@ -287,25 +298,36 @@ class Api:
         problem = self._check_account(acct)
         if problem is not None:
             return problem
-        return self.sis.route(req, rest, user)
+        return self.sis.route(req, rest, grant)
 
     def _is_root(self, acct: str) -> bool:
         """``acct`` names the root account: its id, ``self`` or ``sis_account_id:...``."""
         return acct in (self.ctx.account_id, "self") or acct.startswith("sis_account_id:")
 
     def _check_account(self, acct: str) -> Reply | None:
-        if self._is_root(acct):
-            return None
-        if acct in self.ctx.sub_accounts:
+        """Canvas's account checks before any SIS endpoint, in its order (§1, §7): the
+        account must exist, have SIS imports enabled and be a root account."""
+        refusals = self.ctx.refusals
+        root = self._is_root(acct)
+        if "unknown_account" in refusals or not (root or acct in self.ctx.sub_accounts):
+            return json_reply(404, NOT_FOUND)
+        if "sis_disabled" in refusals:
+            return json_reply(403, {"errors": ["SIS imports are not enabled for this account"]})
+        if "sub_account" in refusals or not root:
             return json_reply(400, {"errors": ["SIS imports can only be executed on root accounts"]})
-        return json_reply(404, NOT_FOUND)
+        return None
 
     def _account_json(self, acct: str) -> Reply:
         own = self.ctx.account_id
         root = int(own) if own.isdigit() else own
-        if self._is_root(acct):
+        refusals = self.ctx.refusals
+        if "unknown_account" in refusals:
+            return json_reply(404, NOT_FOUND)
+        if self._is_root(acct) and "sub_account" not in refusals:
             parent: Any = None
             aid: Any = root
+        elif self._is_root(acct):  # the configured account has become a sub-account
+            parent, aid = _OTHER_ROOT, root
         elif acct in self.ctx.sub_accounts:
             parent, aid = root, int(acct) if acct.isdigit() else acct
         else:

@@ -2,7 +2,8 @@
 
 One :class:`Store` per simulator holds every batch (reference §3), the Canvas Files the
 simulator serves (uploads' CSVs, errors attachments) and the test's outcome rules. It changes
-a batch only where an API request does (create, queue, abort, abort_all_pending); the
+a batch only where an API request does (create, queue, abort, abort_all_pending, a
+restore_states request, another client's post, a test releasing a held import); the
 time-driven moves (picking, analysing, phases, finishing) are :mod:`.runner`'s, made under
 the same lock: :attr:`Store.cond`, a condition over a re-entrant lock, which every writer
 notifies so the runner wakes. All public methods are thread-safe.
@@ -17,6 +18,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from sisdropd.simulator.model import (
     OUTCOME_STATES,
     Batch,
     Outcome,
+    Progress,
     SimFile,
     build_options,
     iso,
@@ -42,8 +45,11 @@ class Store:
         self._batches: dict[int, Batch] = {}
         self._files: dict[int, SimFile] = {}
         self._outcomes: list[Outcome] = []
+        self._progress: dict[int, Progress] = {}
         self._next_id = 1
         self._next_file_id = 1001
+        self._next_progress_id = 501
+        self.restores_fail = False  # restore jobs started from now on end "failed"
 
     # -- creating and changing batches -----------------------------------------------------
 
@@ -110,13 +116,109 @@ class Store:
                     b.touch()
             self.cond.notify_all()
 
-    def set_outcome(self, pattern: str, state: str, seconds: float | None = None) -> None:
-        """Batches whose stored name matches ``pattern`` end in ``state`` (latest rule wins)."""
-        if state not in OUTCOME_STATES:
+    def set_outcome(
+        self,
+        pattern: str,
+        state: str | None,
+        seconds: float | None = None,
+        *,
+        attachments_delay: float | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        """Add an outcome rule (see :class:`~.model.Outcome`; the latest matching rule wins).
+
+        ValueError for an unknown state, a bad regex or a negative time.
+        """
+        if state is not None and state not in OUTCOME_STATES:
             raise ValueError(f"unknown outcome state {state!r}")
+        for value in (seconds, attachments_delay):
+            if value is not None and not float(value) >= 0:
+                raise ValueError("times must be numbers of seconds >= 0")
+        try:
+            rx = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"bad name pattern: {exc}") from exc
+        rule = Outcome(rx, state, seconds, attachments_delay, error_message)
         with self.cond:
-            self._outcomes.append(Outcome(re.compile(pattern), state, seconds))
+            self._outcomes.append(rule)
             self.cond.notify_all()
+
+    def foreign_import(
+        self,
+        *,
+        user: dict[str, Any],
+        name: str,
+        content: bytes,
+        seconds: float | None,
+    ) -> Batch:
+        """Another client's POST of ``content`` as ``name`` by ``user``, queued like any other.
+
+        Once started it runs ``seconds`` (None: until :meth:`release`), so it can hold the
+        account's one-at-a-time queue while our imports stay ``created``.
+        """
+        incoming = self.root / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        part = incoming / f"foreign-{uuid.uuid4().hex}.part"
+        part.write_bytes(content)
+        suffix = Path(name).suffix.lower()
+        with self.cond:
+            b = self.create(
+                stored_name=name,
+                upload=part,
+                size=len(content),
+                kind={".csv": "csv", ".zip": "zip"}.get(suffix, "none"),
+                params={},
+                user=user,
+            )
+            b.run_seconds = seconds
+            b.held = seconds is None
+            self.queue(b)
+            return b
+
+    def release(self, bid: int | None = None) -> list[int]:
+        """Let held imports (all, or the one ``bid``) finish; returns the ids released."""
+        with self.cond:
+            out = []
+            for b in self._batches.values():
+                if b.held and (bid is None or b.id == bid):
+                    b.held = False
+                    out.append(b.id)
+            self.cond.notify_all()
+            return out
+
+    def restore(self, bid: int, options: dict[str, bool]) -> Progress | None:
+        """Queue a restore_states job for batch ``bid``; its Progress, or None if unknown."""
+        with self.cond:
+            b = self._batches.get(bid)
+            if b is None:
+                return None
+            now = time.time()
+            p = Progress(
+                id=self._next_progress_id,
+                batch_id=bid,
+                created=now,
+                created_mono=time.monotonic(),
+                options=dict(options),
+                prior_state=b.workflow_state,
+                fail=self.restores_fail,
+            )
+            self._next_progress_id += 1
+            self._progress[p.id] = p
+            self.cond.notify_all()
+            return p
+
+    def progress(self, pid: int) -> Progress | None:
+        with self.cond:
+            return self._progress.get(pid)
+
+    def progresses(self) -> list[Progress]:
+        """Every Progress, oldest first."""
+        with self.cond:
+            return sorted(self._progress.values(), key=lambda p: p.id)
+
+    def render_progress(self, p: Progress, base: str) -> dict[str, Any]:
+        with self.cond:
+            return p.json(base)
 
     def outcome_for(self, name: str) -> Outcome | None:
         """The latest outcome rule matching a stored name, or None."""
