@@ -9,6 +9,7 @@ endpoints change.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import secrets
 import socket
@@ -308,6 +309,10 @@ class FakeCanvas:
         """Change timings while running: import_seconds, start_delay, attachments_delay,
         errors_attachment_delay, restore_seconds. ValueError for an unknown or bad one."""
         self._ctx.timing.update(**seconds)
+
+    def timing(self) -> dict[str, float]:
+        """The timings now in force, by name (see :meth:`set_timing`)."""
+        return dataclasses.asdict(self._ctx.timing)
 
     def fail_restores(self, on: bool = True) -> None:
         """Restore jobs started from now on end with their Progress ``failed``."""
