@@ -10,7 +10,6 @@ endpoints change.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import secrets
 import socket
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from sisdropd.config import is_loopback
 from sisdropd.simulator.context import SimContext, Tokens
 from sisdropd.simulator.control import FOREIGN_CSV, FOREIGN_USER_ID, add_token, foreign_import
 from sisdropd.simulator.http import Server
@@ -339,12 +339,3 @@ class FakeCanvas:
         """
         return self._runner.wait_settled(timeout)
 
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (or ``localhost``); "" and 0.0.0.0 are not."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
