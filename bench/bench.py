@@ -580,7 +580,7 @@ class Sim:
     """FakeCanvas in this process, with the time of each create POST's request line."""
 
     def __init__(self, import_seconds: float, name: str) -> None:
-        from sisdropd.fakecanvas import FakeCanvas
+        from sisdropd.simulator import FakeCanvas
 
         store = WORK / f"sim-{name}"
         shutil.rmtree(store, ignore_errors=True)

@@ -6,14 +6,17 @@
 Runs the bundled Canvas simulator in this process and ``sisdropd run`` as a real child
 process on a temporary drop folder. While a writer drops uniquely-numbered users CSVs and
 zips, a chaos loop injects HTTP faults into the simulator (5xx, 429, Canvas's 403 rate
-limit, connections dropped before and after handling, slow answers) and kills the daemon
-with SIGKILL at random moments (now and then SIGTERM), restarting it each time. At the
-end it checks what an operator relies on and prints one table:
+limit, connections dropped before and after handling, slow answers), kills the daemon
+with SIGKILL at random moments (now and then SIGTERM), restarting it each time, and lets
+another Canvas client share the account's queue: now and then a foreign import (another
+Canvas user) arrives and holds the one-at-a-time queue for a while. The simulator keeps
+Canvas's attachment delay (imports are ``importing`` a while before they list their
+files). At the end it checks what an operator relies on and prints one table:
 
-    files dropped, kills, faults injected/served, files in done/ and failed/,
-    files lost (not in exactly one final folder with identical bytes),
-    duplicate posts (more than one import of the same bytes in the simulator's record),
-    left in inbox/ or processing/.
+    files dropped, kills, faults injected/served, foreign imports, files in done/ and
+    failed/, files lost (not in exactly one final folder with identical bytes),
+    duplicate posts (more than one import of the same bytes by OUR Canvas user; the
+    other client's imports do not count), left in inbox/ or processing/.
 
 Exit status 0 when nothing was lost and nothing posted twice. tests/test_soak.py runs a
 short version in CI.
@@ -39,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sisdropd.fakecanvas import FakeCanvas  # noqa: E402
+from sisdropd.simulator import FakeCanvas  # noqa: E402
 
 TOKEN = "soak-token-7d1e9c"
 FAULTS = ("500", "502", "503", "429", "403_rate_limit", "drop", "drop_after", "delay")
@@ -53,6 +56,8 @@ class Figures:
     restarts: int = 0
     faults_injected: Counter[str] = field(default_factory=Counter)
     faults_served: dict[str, int] = field(default_factory=dict)
+    foreign: int = 0
+    attachments_delay: float = 0.0
     done: int = 0
     failed: int = 0
     lost: list[str] = field(default_factory=list)
@@ -74,7 +79,9 @@ class Figures:
             ("faults injected", sum(self.faults_injected.values())),
             ("faults served", served),
             ("  by kind", ", ".join(f"{k} {v}" for k, v in sorted(self.faults_served.items()) if v) or "-"),
-            ("imports created in Canvas", self.imports),
+            ("foreign imports (another user)", self.foreign),
+            ("attachment delay (s)", f"{self.attachments_delay:g}"),
+            ("our imports created in Canvas", self.imports),
             ("files in done/", self.done),
             ("files in failed/", self.failed),
             ("files lost", len(self.lost)),
@@ -99,14 +106,25 @@ def _zip(i: int, rng: random.Random) -> bytes:
     return buf.getvalue()
 
 
+@dataclass
+class Options:
+    """What the soak does besides dropping files (see ``--help``)."""
+
+    fault_rate: float = 0.5  # faults injected per second of chaos, on average
+    attachments_delay: float | None = None  # None: the simulator's default (on)
+    foreign_rate: float = 0.2  # foreign imports per second of chaos, on average; 0 = none
+    foreign_hold: float = 2.0  # each holds the queue up to this many seconds
+
+
 class Soak:
-    def __init__(self, root: Path, files: int, kills: int, seed: int, quiet: bool, fault_rate: float = 0.5) -> None:
+    def __init__(self, root: Path, files: int, kills: int, seed: int, quiet: bool, opts: Options | None = None) -> None:
         self.root, self.n, self.kills_wanted, self.quiet = root, files, kills, quiet
-        self.fault_rate = fault_rate  # faults injected per second of chaos, on average
+        self.opts = opts or Options()
         self.rng = random.Random(seed)
         self.fig = Figures()
         self.dropped: dict[str, bytes] = {}
-        self.sim = FakeCanvas(token=TOKEN, import_seconds=0.05, storage_dir=root / "canvas")
+        timing = {} if self.opts.attachments_delay is None else {"attachments_delay": self.opts.attachments_delay}
+        self.sim = FakeCanvas(token=TOKEN, import_seconds=0.05, storage_dir=root / "canvas", **timing)
         self.drop = root / "sisdrop"
         self.config = root / "sisdropd.toml"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -170,6 +188,9 @@ level = "INFO"
     def chaos(self, duration: float, writer: threading.Thread) -> None:
         end = time.time() + duration
         kill_times = sorted(self.rng.uniform(0.5, duration) for _ in range(self.kills_wanted))
+        if self.opts.foreign_rate > 0:  # the first files meet a queue another client holds
+            self.sim.foreign_import(self.opts.foreign_hold)
+            self.fig.foreign += 1
         while time.time() < end or writer.is_alive():
             if kill_times and time.time() - (end - duration) >= kill_times[0]:
                 kill_times.pop(0)
@@ -181,7 +202,10 @@ level = "INFO"
                     self.fig.terms += 1
                 time.sleep(self.rng.uniform(0, 0.5))
                 self.start()
-            if self.rng.random() < self.fault_rate * 0.2:
+            if self.rng.random() < self.opts.foreign_rate * 0.2:
+                self.sim.foreign_import(self.rng.uniform(0.2, self.opts.foreign_hold))
+                self.fig.foreign += 1
+            if self.rng.random() < self.opts.fault_rate * 0.2:
                 fault = self.rng.choice(FAULTS)
                 method = self.rng.choice(("GET", "POST"))
                 self.sim.inject(fault, method=method, count=self.rng.randint(1, 2), delay=self.rng.uniform(0.5, 3.0))
@@ -220,12 +244,14 @@ level = "INFO"
                 self.fig.lost.append(name)
         self.fig.done = sum(1 for ps in where.values() for p in ps if p.parent.name == "done")
         self.fig.failed = sum(1 for ps in where.values() for p in ps if p.parent.name == "failed")
-        per = Counter(i["sha256"] for i in self.sim.imports())
-        self.fig.imports = len(self.sim.imports())
+        ours = [i for i in self.sim.imports() if i["user_id"] == self.sim.user_id]
+        per = Counter(i["sha256"] for i in ours)
+        self.fig.imports = len(ours)
         self.fig.duplicates = sum(n - 1 for n in per.values() if n > 1)
         self.fig.left_over = len([p for p in (self.drop / "inbox").iterdir() if not p.name.startswith(".")])
         self.fig.left_over += len(list((self.drop / "processing").iterdir()))
         self.fig.faults_served = self.sim.faults_served()
+        self.fig.attachments_delay = self.sim.timing()["attachments_delay"]
 
     def run(self, duration: float) -> Figures:
         t0 = time.time()
@@ -250,14 +276,14 @@ level = "INFO"
 
 def run(
     files: int, kills: int, seed: int = 1, duration: float | None = None, root: Path | None = None,
-    quiet: bool = True, fault_rate: float = 0.5,
+    quiet: bool = True, opts: Options | None = None,
 ) -> Figures:
     """Run one soak; returns its figures. ``root`` keeps the folder (daemon.log) for a post-mortem."""
     duration = duration or max(10.0, files * 0.15)
     if root is not None:
-        return Soak(root, files, kills, seed, quiet, fault_rate).run(duration)
+        return Soak(root, files, kills, seed, quiet, opts).run(duration)
     with tempfile.TemporaryDirectory(prefix="sisdropd-soak-") as tmp:
-        return Soak(Path(tmp), files, kills, seed, quiet, fault_rate).run(duration)
+        return Soak(Path(tmp), files, kills, seed, quiet, opts).run(duration)
 
 
 def main() -> int:
@@ -267,11 +293,21 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration", type=float, default=None, help="seconds of dropping and chaos (default: 0.15 s a file)")
     ap.add_argument("--fault-rate", type=float, default=0.5, help="faults injected per second of chaos (default 0.5)")
+    ap.add_argument(
+        "--attachments-delay", type=float, default=None,
+        help="seconds an import is importing before it lists its files (default: the simulator's, 0.3)",
+    )
+    ap.add_argument(
+        "--foreign-rate", type=float, default=0.2,
+        help="another client's imports per second of chaos (default 0.2; 0 = the queue is ours alone)",
+    )
+    ap.add_argument("--foreign-hold", type=float, default=2.0, help="each holds the queue up to this long (default 2 s)")
     ap.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (daemon.log)")
     args = ap.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-    fig = run(args.files, args.kills, args.seed, args.duration, args.keep, quiet=False, fault_rate=args.fault_rate)
+    opts = Options(args.fault_rate, args.attachments_delay, args.foreign_rate, args.foreign_hold)
+    fig = run(args.files, args.kills, args.seed, args.duration, args.keep, quiet=False, opts=opts)
     print(fig.table())
     if fig.lost:
         print("lost:", ", ".join(fig.lost[:20]))

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8900, help="port (default 8900; 0 picks a free one)")
     sp.add_argument("--token", default=None, help="the token it accepts (default: printed at start)")
     sp.add_argument("--import-seconds", type=float, default=None, help="how long each import runs")
+    sp.add_argument(
+        "--allow-remote", action="store_true",
+        help="listen on a non-loopback --host (then the control endpoints need a random token it prints)",
+    )
 
     sp = add("demo", "demo", "simulator + daemon on a temporary folder: watch files flow", config=False)
     sp.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sisdropd.fakecanvas import FakeCanvas
+from sisdropd.simulator import FakeCanvas
 from tests.support import TOKEN, DaemonProcess, Drop
 
 THREAD_GRACE = 3.0  # seconds a thread that is ending may take after its test

@@ -16,10 +16,10 @@ from typing import Any
 
 from sisdropd import config
 from sisdropd.canvas import client_for
-from sisdropd.fakecanvas import FakeCanvas
 from sisdropd.folders import Folders
 from sisdropd.intake import Intake, Taken
 from sisdropd.journal import FileRecord, Journal
+from sisdropd.simulator import FakeCanvas
 from sisdropd.worker import Worker
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())

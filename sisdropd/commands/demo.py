@@ -24,8 +24,8 @@ from typing import TextIO
 from sisdropd import logs
 from sisdropd.config import from_dict
 from sisdropd.daemon import Daemon
-from sisdropd.fakecanvas import FakeCanvas
 from sisdropd.lifecycle import CLOSED, State
+from sisdropd.simulator import FakeCanvas
 
 # (name in inbox, what we expect, why)
 DROPS = (
@@ -40,14 +40,16 @@ def main(args: argparse.Namespace) -> int:
 
 
 def fake_canvas(args: argparse.Namespace) -> int:
-    from sisdropd import fakecanvas
+    from sisdropd import simulator
 
     argv = ["--host", args.host, "--port", str(args.port)]
+    if args.allow_remote:
+        argv.append("--allow-remote")
     if args.token:
         argv += ["--token", args.token]
     if args.import_seconds is not None:
         argv += ["--import-seconds", str(args.import_seconds)]
-    return fakecanvas.main(argv)
+    return simulator.main(argv)
 
 
 def _sample(name: str) -> bytes:

@@ -10,125 +10,30 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.parse
-import zipfile
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import requests
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
-from sisdropd.fakecanvas import FAULTS, FakeCanvas
-from sisdropd.fakecanvas_upload import BodyReader, receive_multipart
+from sisdropd.simulator import FAULTS, FakeCanvas
 from sisdropd.sisformat import COUNT_KEYS, UNRECOGNISED_HEADER
 
-T = TypeVar("T")
-
-TOP_KEYS = (
-    "id created_at started_at ended_at updated_at progress workflow_state data batch_mode "
-    "batch_mode_term_id multi_term_batch_mode override_sis_stickiness add_sis_stickiness "
-    "update_sis_id_if_login_claimed clear_sis_stickiness diffing_data_set_identifier "
-    "diffing_remaster diffed_against_import_id diffing_drop_status diffing_user_remove_status "
-    "skip_deletes change_threshold diff_row_count_threshold"
-).split()
-TERMINAL = {"imported", "imported_with_messages", "failed", "failed_with_messages", "aborted"}
-ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-USERS = b"user_id,login_id,first_name,last_name,email,status\nu1,l1,Ann,A,a@x.org,active\nu2,l2,Bob,B,,active\n"
-ENROLLMENTS = b"course_id,user_id,role,status\nC1,u1,student,active\nC1,u2,teacher,active\n"
-
-
-def wait_for(pred: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
-    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def _sim_threads() -> list[threading.Thread]:
-    return [
-        t
-        for t in threading.enumerate()
-        if t.name.startswith("fakecanvas") or "process_request_thread" in t.name
-    ]
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[FakeCanvas]:
-    fc = FakeCanvas(
-        import_seconds=0.2, errors_attachment_delay=0.3, storage_dir=tmp_path / "store"
-    ).start()
-    try:
-        yield fc
-    finally:
-        fc.stop()
-    assert not _sim_threads(), "the simulator leaked threads"
-
-
-class Client:
-    """A tiny Canvas client for the tests."""
-
-    def __init__(self, sim: FakeCanvas) -> None:
-        self.sim = sim
-        self.s = requests.Session()
-        self.s.headers["Authorization"] = f"Bearer {sim.token}"
-
-    def url(self, path: str) -> str:
-        return f"{self.sim.url}/api/v1/accounts/1{path}"
-
-    def post_file(self, name: str, content: bytes, **params: Any) -> requests.Response:
-        return self.s.post(
-            self.url("/sis_imports"), data=params, files={"attachment": (name, content)}
-        )
-
-    def show(self, iid: int) -> dict[str, Any]:
-        r = self.s.get(self.url(f"/sis_imports/{iid}"))
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def until(
-        self, iid: int, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            d = self.show(iid)
-            return d if pred(d) else None
-
-        return wait_for(check, timeout, f"import {iid}")
-
-    def final(self, iid: int, timeout: float = 5.0) -> dict[str, Any]:
-        return self.until(iid, lambda d: d["workflow_state"] in TERMINAL, timeout)
-
-
-@pytest.fixture
-def client(sim: FakeCanvas) -> Iterator[Client]:
-    c = Client(sim)
-    yield c
-    c.s.close()
-
-
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
+from .simclient import (  # noqa: F401 - client_fixture, sim_fixture: the fixtures
+    ENROLLMENTS,
+    ISO_Z,
+    TERMINAL,
+    TOP_KEYS,
+    USERS,
+    Client,
+    client_fixture,
+    enrollments_csv,
+    make_zip,
+    sim_fixture,
+    wait_for,
+)
 
 # -- create, show, final states ---------------------------------------------------------------
 
@@ -281,7 +186,7 @@ def test_malformed_csv_imports_no_row_but_stays_listed(client: Client) -> None:
 
 @pytest.mark.parametrize(("rows", "named"), [(3, "sub/enr.csv"), (60, "enr.csv")])
 def test_row_warnings_name_zip_members_like_canvas(client: Client, rows: int, named: str) -> None:
-    body = _enrollments(rows) + b"C1,bad,student,dropped\n"
+    body = enrollments_csv(rows) + b"C1,bad,student,dropped\n"
     done = client.final(client.post_file("z.zip", make_zip({"sub/enr.csv": body})).json()["id"])
     assert done["data"]["running_immediately"] is (rows < 49)
     assert done["processing_warnings"] == [[named, 'Improper status "dropped" for enrollment']]
@@ -583,256 +488,3 @@ def test_control_endpoints_over_http(sim: FakeCanvas, client: Client) -> None:
     requests.post(f"{sim.url}/_sim/token", json={"token": "t2"})
     assert client.s.get(client.url("/sis_imports")).status_code == 401
     assert requests.post(f"{sim.url}/_sim/faults", json={"fault": "nope"}).status_code == 400
-
-
-# -- batch mode and create-time validation -------------------------------------------------------
-
-
-def _enrollments(n: int) -> bytes:
-    return b"course_id,user_id,role,status\n" + b"".join(
-        b"C1,u%d,student,active\n" % i for i in range(n)
-    )
-
-
-def test_batch_mode_change_threshold_aborts(tmp_path: Path) -> None:
-    with FakeCanvas(
-        import_seconds=0.2,
-        known_terms={"T1"},
-        storage_dir=tmp_path / "s",
-        errors_attachment_delay=0.05,
-    ) as sim:
-        client = Client(sim)
-        batch = {"batch_mode": "true", "batch_mode_term_id": "sis_term_id:T1"}
-        first = client.post_file("e1.csv", _enrollments(10), **batch).json()
-        assert first["batch_mode"] is True and first["batch_mode_term_id"] == "sis_term_id:T1"
-        states = []
-        deadline = time.monotonic() + 5
-        while (d := client.show(first["id"]))["workflow_state"] not in TERMINAL:
-            assert time.monotonic() < deadline, "batch import never finished"
-            states.append(d["workflow_state"])
-            time.sleep(0.01)
-        assert d["workflow_state"] == "imported"
-        assert "cleanup_batch" in states
-        assert d["data"]["counts"]["batch_enrollments_deleted"] == 0
-
-        second = client.post_file("e2.csv", _enrollments(7), change_threshold="50", **batch).json()
-        d = client.final(second["id"])
-        assert d["workflow_state"] == "imported"
-        assert d["data"]["counts"]["batch_enrollments_deleted"] == 3
-        assert d["data"]["statistics"]["Enrollment"]["deleted"] == 3
-
-        third = client.post_file("e3.csv", _enrollments(2), change_threshold="20", **batch).json()
-        d = client.final(third["id"])
-        assert d["workflow_state"] == "aborted"
-        assert d["processing_errors"] == [
-            [
-                None,
-                "Batch mode for term sis_term_id:T1 would delete 5 of 7 enrollments, "
-                "exceeding the change_threshold of 20%",
-            ]
-        ]
-        r = client.post_file("e4.csv", _enrollments(1), batch_mode="true", batch_mode_term_id="T9")
-        assert r.status_code == 404
-        r = client.post_file("e4.csv", _enrollments(1), batch_mode="true")
-        assert r.status_code == 400
-        assert r.json() == {
-            "message": "Batch mode specified, but the given batch_mode_term_id cannot be found."
-        }
-        client.s.close()
-
-
-@pytest.mark.parametrize(
-    ("params", "status", "body"),
-    [
-        ({"diffing_drop_status": "bogus"}, 400, {"message": "Invalid diffing_drop_status"}),
-        (
-            {"diffing_user_remove_status": "gone"},
-            400,
-            {"message": "Invalid diffing_user_remove_status"},
-        ),
-        ({"multi_term_batch_mode": "true"}, 400, None),
-        ({"diffing_data_set_identifier": "x" * 129}, 422, None),
-    ],
-)
-def test_late_validation_leaves_batch_initializing(
-    sim: FakeCanvas, client: Client, params: dict[str, str], status: int, body: Any
-) -> None:
-    r = client.post_file("users.csv", USERS, **params)
-    assert r.status_code == status
-    if body is not None:
-        assert r.json() == body
-    (rec,) = sim.imports()
-    assert rec["workflow_state"] == "initializing"
-    listed = client.s.get(client.url("/sis_imports")).json()["sis_imports"]
-    assert [d["workflow_state"] for d in listed] == ["initializing"]
-    ok = client.post_file("users2.csv", USERS).json()["id"]
-    assert client.final(ok)["workflow_state"] == "imported"
-    assert sim.wait_all_final(5)
-    assert client.show(rec["id"])["workflow_state"] == "initializing"
-
-
-# -- big uploads -----------------------------------------------------------------------------------
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
-def test_50mb_chunked_multipart_upload_is_streamed(sim: FakeCanvas, client: Client) -> None:
-    sim.set_outcome(".", "stuck")
-    block = os.urandom(1 << 20)
-    boundary = "----sisdropdtestboundary7e3f"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="attachment"; '
-        f'filename="big.zip"\r\nContent-Type: application/zip\r\n\r\n'
-    ).encode()
-    tail = f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="skip_deletes"\r\n\r\ntrue\r\n--{boundary}--\r\n'.encode()
-    expected = hashlib.sha256()
-
-    def body() -> Iterator[bytes]:
-        yield head
-        for i in range(50):
-            piece = block[i:] + block[:i]
-            expected.update(piece)
-            yield piece
-        yield tail
-
-    peak = baseline = _rss_kib()
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _rss_kib())
-            stop.wait(0.005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        r = client.s.post(
-            client.url("/sis_imports"),
-            data=body(),
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
-    finally:
-        stop.set()
-        sampler.join()
-    assert r.status_code == 200, r.text
-    assert r.json()["skip_deletes"] is True
-    (rec,) = sim.imports()
-    assert rec["size"] == 50 << 20
-    assert rec["sha256"] == expected.hexdigest()
-    assert (peak - baseline) < 30 * 1024, f"RSS grew by {(peak - baseline) // 1024} MiB"
-
-
-class _Pieces:
-    """A request body handed over in the given pieces (what BodyReader.read returns)."""
-
-    def __init__(self, data: bytes, sizes: list[int]) -> None:
-        self._data = data
-        self._sizes = sizes or [7]
-        self._pos = 0
-        self._n = 0
-
-    def read(self) -> bytes:
-        size = self._sizes[self._n % len(self._sizes)]
-        self._n += 1
-        piece = self._data[self._pos : self._pos + size]
-        self._pos += len(piece)
-        return piece
-
-
-MULTIPART_HEAD = (
-    b'preamble\r\n--Bnd\r\nContent-Disposition: form-data; name="extension"\r\n\r\ncsv'
-    b'\r\n--Bnd\r\nContent-Disposition: form-data; name="attachment"; filename="d/a%20b.csv"'
-    b"\r\n\r\n"
-)
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    payload=st.binary(max_size=2000),
-    noise=st.sampled_from([b"", b"\r", b"\r\n", b"\r\n-", b"\r\n--", b"\r\n--Bn", b"--Bnd"]),
-    sizes=st.lists(st.integers(min_value=1, max_value=40), max_size=6),
-)
-def test_multipart_parser_survives_any_split(
-    tmp_path_factory: pytest.TempPathFactory, payload: bytes, noise: bytes, sizes: list[int]
-) -> None:
-    content = noise + payload + noise
-    assume(b"\r\n--Bnd" not in content)  # a client picks a boundary its data does not hold
-    body = MULTIPART_HEAD + content + b"\r\n--Bnd--\r\nepilogue"
-    dest = tmp_path_factory.mktemp("mp") / "out"
-    result = receive_multipart(_Pieces(body, sizes), "Bnd", dest)  # type: ignore[arg-type]
-    assert result.file_name == "a b.csv"
-    assert result.params == {"extension": "csv"}
-    assert dest.read_bytes() == content
-    assert result.size == len(content)
-
-
-class _Trickle(io.RawIOBase):
-    """A socket-like raw reader that returns at most ``n`` bytes per read."""
-
-    def __init__(self, data: bytes, n: int) -> None:
-        self._buf = io.BytesIO(data)
-        self._n = n
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self._buf.read(min(len(b), self._n))
-        b[: len(data)] = data
-        return len(data)
-
-
-@settings(max_examples=50, deadline=None)
-@given(
-    payload=st.binary(max_size=5000),
-    chunk=st.integers(min_value=1, max_value=900),
-    trickle=st.integers(min_value=1, max_value=100),
-)
-def test_chunked_body_is_decoded_exactly(payload: bytes, chunk: int, trickle: int) -> None:
-    encoded = b"".join(
-        b"%x;ext=1\r\n" % len(payload[i : i + chunk]) + payload[i : i + chunk] + b"\r\n"
-        for i in range(0, len(payload), chunk)
-    )
-    rfile = io.BufferedReader(_Trickle(encoded + b"0\r\nX-Trailer: 1\r\n\r\nNEXT", trickle))
-    reader = BodyReader(rfile, length=None, chunked=True)
-    got = b"".join(iter(reader.read, b""))
-    assert got == payload
-    assert reader.done and rfile.read() == b"NEXT"  # the next request is left untouched
-
-
-# -- the command -------------------------------------------------------------------------------
-
-
-def test_main_serves_until_sigterm(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sisdropd.fakecanvas", "--port", "0", "--token", "cmd-token"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = re.search(r"(http://127\.0\.0\.1:\d+) ", line)
-        assert url, line
-        assert "cmd-token" in line and "account_id=1" in line
-        r = requests.get(
-            f"{url.group(1)}/api/v1/users/self", headers={"Authorization": "Bearer cmd-token"}
-        )
-        assert r.status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -11,7 +11,7 @@ import pytest
 
 from sisdropd import logs
 from sisdropd.config import LogConfig
-from sisdropd.fakecanvas import FakeCanvas
+from sisdropd.simulator import FakeCanvas
 from tests.support import Rig
 
 

@@ -20,7 +20,7 @@ import pytest
 from sisdropd import importer
 from sisdropd.canvas import CanvasClient, client_for
 from sisdropd.config import from_dict
-from sisdropd.fakecanvas import FakeCanvas
+from sisdropd.simulator import FakeCanvas
 from tests.support import TOKEN, USERS, wait_for
 
 UPLOAD = "sisdrop-0123456789abcdef-users.csv"

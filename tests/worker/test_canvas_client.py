@@ -18,7 +18,7 @@ from sisdropd.canvas import (
     client_for,
 )
 from sisdropd.config import from_dict
-from sisdropd.fakecanvas import FakeCanvas
+from sisdropd.simulator import FakeCanvas
 from tests.support import TOKEN, USERS, wait_for
 
 

@@ -1,8 +1,8 @@
 """Records of the Canvas simulator: batches, files, outcome rules, and their JSON pieces.
 
-Plain data shared by the store (:mod:`sisdropd.fakecanvas_store`) and the HTTP side
-(:mod:`sisdropd.fakecanvas_http`): the workflow states (reference §5), Canvas's timestamp
-format, the option keys echoed in the SisImport JSON (§2.1, §3) and the File object (§3).
+Plain data shared by the store (:mod:`.store`), the runner (:mod:`.runner`) and the HTTP
+side (:mod:`.http`): the workflow states (reference §5), Canvas's timestamp format, the option
+keys echoed in the SisImport JSON (§2.1, §3) and the File object (§3).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sisdropd.fakecanvas_content import Analysis, Message
+from sisdropd.simulator.content import Analysis, Message
 
 SUCCESS = frozenset({"imported", "imported_with_messages"})
 TERMINAL = SUCCESS | {"failed", "failed_with_messages", "aborted"}
@@ -39,7 +39,10 @@ WORKFLOW_STATES = frozenset(
         "restored",
     }
 )
-OUTCOME_STATES = TERMINAL | {"stuck"}
+# set_outcome states: a final state; "stuck" (stays created); "failed_early" (the job raises
+# before it records the attachments: ``failed`` with data.error_message, nothing imported).
+OUTCOME_STATES = TERMINAL | {"stuck", "failed_early"}
+PROGRESS_STATES = frozenset({"queued", "running", "completed", "failed"})
 _TRUE = {"true", "1", "yes", "on", "t", "y"}
 
 
@@ -156,13 +159,92 @@ class SimFile:
         }
 
 
+def user_json(user_id: int, name: str) -> dict[str, Any]:
+    """Canvas's short User object (the ``user`` of a SisImport, ``GET /users/self``)."""
+    first, _, last = name.partition(" ")
+    return {
+        "id": user_id,
+        "name": name,
+        "sortable_name": f"{last}, {first}" if last else name,
+        "short_name": name,
+    }
+
+
+@dataclass
+class Timing:
+    """How long things take in the simulated Canvas (seconds); read afresh at every step.
+
+    ``import_seconds``: the run of one import (batch mode's clean-up takes half as long again).
+    ``start_delay``: a created import waits at least this long before it may start.
+    ``errors_attachment_delay``: the errors CSV appears this long after a batch ended.
+    ``attachments_delay``: a started import stays ``importing`` without ``csv_attachments``
+    (Canvas fetching and unpacking the upload) at least this long (reference §0 fact 7, §9).
+    ``restore_seconds``: how long a restore_states job runs.
+    """
+
+    import_seconds: float = 1.0
+    start_delay: float = 0.0
+    errors_attachment_delay: float = 0.3
+    attachments_delay: float = 0.3
+    restore_seconds: float = 0.5
+
+    def update(self, **changes: float | None) -> None:
+        """Set the named timings (None leaves one as it is); ValueError for a bad one."""
+        for name, value in changes.items():
+            if name not in self.__dataclass_fields__:
+                raise ValueError(f"unknown timing {name!r}")
+            if value is None:
+                continue
+            seconds = float(value)
+            if not seconds >= 0:  # also refuses NaN
+                raise ValueError(f"{name} must be a number of seconds >= 0")
+            setattr(self, name, seconds)
+
+
 @dataclass
 class Outcome:
-    """A :meth:`Store.set_outcome` rule."""
+    """A :meth:`Store.set_outcome` rule: for uploads whose stored name matches ``pattern``,
+    the final ``state`` (None: what the content gives), the run time ``seconds`` and the
+    ``attachments_delay`` (None: the simulator's), and the ``error_message`` of a failure."""
 
     pattern: re.Pattern[str]
-    state: str
-    seconds: float | None
+    state: str | None
+    seconds: float | None = None
+    attachments_delay: float | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class Progress:
+    """A Canvas Progress object, here for a restore_states job (reference §4)."""
+
+    id: int
+    batch_id: int
+    created: float
+    created_mono: float
+    options: dict[str, bool]
+    prior_state: str
+    fail: bool = False
+    workflow_state: str = "queued"
+    completion: float = 0.0
+    message: str | None = None
+    updated: float = 0.0
+
+    def json(self, base: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "context_id": self.batch_id,
+            "context_type": "SisBatch",
+            "user_id": None,
+            "tag": "sis_batch_state_restore",
+            "completion": self.completion,
+            "workflow_state": self.workflow_state,
+            "created_at": iso(self.created),
+            "updated_at": iso(self.updated or self.created),
+            "message": self.message,
+            "results": None,
+            "url": f"{base}/api/v1/progress/{self.id}",
+        }
 
 
 @dataclass
@@ -177,7 +259,7 @@ class Batch:
     kind: str
     params: dict[str, str]
     options: dict[str, Any]
-    user_id: int
+    user: dict[str, Any]
     created: float
     created_mono: float
     updated: float
@@ -189,8 +271,14 @@ class Batch:
     csv_attachments: list[SimFile] = field(default_factory=list)
     errors_attachment: SimFile | None = None
     analysis: Analysis | None = None
+    analysed: bool = False
+    analysis_error: str | None = None
     forced: Outcome | None = None
     stuck: bool = False
+    unpack_from: float = 0.0
+    unpacked: bool = False
+    run_seconds: float | None = None
+    held: bool = False
     phase_start: float = 0.0
     phase_len: float = 0.0
     pending_final: str | None = None
@@ -201,6 +289,10 @@ class Batch:
     sha256: str | None = None
     processing_errors: list[list[Any]] = field(default_factory=list)
     processing_warnings: list[list[Any]] = field(default_factory=list)
+
+    @property
+    def user_id(self) -> int:
+        return int(self.user["id"])
 
     @property
     def batch_mode(self) -> bool:

@@ -1,0 +1,5 @@
+"""``python -m sisdropd.simulator``: the same as ``sisdropd fake-canvas``."""
+
+from sisdropd.simulator.command import main
+
+raise SystemExit(main())
