@@ -68,19 +68,31 @@ def route(workflow_state: str) -> tuple[State, str]:
 def verdict(sis_import: dict[str, Any]) -> tuple[State, str]:
     """``route`` for a final import, its reason completed with Canvas's first error.
 
-    A change_threshold abort is said in words: Canvas stopped the import because it would
-    delete more than the threshold allows. Raises ``ValueError`` if the import is not final.
+    A change_threshold abort is said in words with Canvas's own message ("1200 enrollments
+    would be deleted and exceeds the set threshold of 10%"), and that the file's rows were
+    applied: Canvas stops only the batch-mode clean-up. A crash before any file was read
+    (``failed`` with ``data.error_message``) gives that message. Raises ``ValueError`` if
+    the import is not final.
     """
     state = str(sis_import.get("workflow_state"))
     dest, reason = route(state)
     errors = sis_import.get("processing_errors") or []
-    if dest == State.FAILED and errors:
-        first = errors[0]
-        text = " ".join(str(x) for x in first if x) if isinstance(first, list) else str(first)
-        if state == "aborted" and "change_threshold" in text:
-            reason = "Canvas stopped the import because it would delete more than its change_threshold allows"
-        reason += ": " + text
+    texts = [" ".join(str(x) for x in e if x) if isinstance(e, list) else str(e) for e in errors]
+    if state == "aborted" and (threshold := next((t for t in texts if THRESHOLD.search(t)), None)):
+        return dest, (
+            f"Canvas stopped the batch-mode clean-up: {threshold} (change_threshold). The file's rows "
+            "were applied; only the deletion of what the file leaves out was stopped"
+        )
+    if dest == State.FAILED and texts:
+        reason += ": " + texts[0]
+    elif dest == State.FAILED and (crash := (sis_import.get("data") or {}).get("error_message")):
+        reason += f": {crash}"
     return dest, reason
+
+
+#: Canvas's words when batch mode would delete more than change_threshold allows (reference
+#: section 5, ``aborted``); older Canvas named the parameter instead.
+THRESHOLD = re.compile(r"would be deleted and exceeds the set threshold|change_threshold")
 
 
 def upload_name(original: str) -> str:

@@ -194,4 +194,9 @@ def test_canvas_change_threshold_abort_is_explained(make_rig) -> None:
     rig.drain()
     assert rig.events(fid)[-2:] == [decided("aborted"), FAILED]
     _, side = rig.finished(fid)
-    assert side["reason"].startswith("Canvas stopped the import because it would delete more than its change_threshold allows: ")
+    assert side["reason"] == (
+        "Canvas stopped the batch-mode clean-up: 5 enrollments would be deleted and exceeds the set "
+        "threshold of 10% (change_threshold). The file's rows were applied; only the deletion of what "
+        "the file leaves out was stopped"
+    )
+    assert side["canvas_counts"]["enrollments"] == 5  # the rows were applied, as the reason says
