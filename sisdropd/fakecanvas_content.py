@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sisdropd.sisformat import (
+from sisdropd.preflight.sisformat import (
     COUNT_KEYS,
     CSV_TYPES,
     UNRECOGNISED_HEADER,

@@ -45,7 +45,7 @@ from sisdropd.fakecanvas_model import (
     iso,
     term_key,
 )
-from sisdropd.sisformat import COUNT_KEYS
+from sisdropd.preflight.sisformat import COUNT_KEYS
 
 # Which message kinds a finished batch shows, by final state.
 _VISIBLE = {

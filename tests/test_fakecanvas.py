@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from sisdropd.fakecanvas import FAULTS, FakeCanvas
 from sisdropd.fakecanvas_upload import BodyReader, receive_multipart
-from sisdropd.sisformat import COUNT_KEYS, UNRECOGNISED_HEADER
+from sisdropd.preflight.sisformat import COUNT_KEYS, UNRECOGNISED_HEADER
 
 T = TypeVar("T")
 
