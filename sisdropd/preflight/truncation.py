@@ -12,18 +12,25 @@ import stat
 from pathlib import Path
 
 from sisdropd.preflight.files import CHUNK, OPEN_FLAGS, kind_of
-
-_TAIL = 65557  # the longest end-of-central-directory record: 22 bytes + a 65535-byte comment
+from sisdropd.preflight.zipdirectory import (
+    MAX_TAIL,
+    SIGNATURE_SIZE,
+    ends_with_end_record,
+    starts_like_zip,
+)
 
 
 def looks_truncated(path: Path) -> str | None:
     """Why a settled file looks like an upload cut short, or None if it looks whole.
 
-    A zip must end with its end-of-central-directory record; a CSV's last row must end
-    with a newline and have at least the header's number of fields. OpenSSH's server
-    writes under the final name and closes the file when a connection breaks, so a
-    stable file can still be half an upload. Only regular files are read (never a link or
-    a FIFO); anything unreadable returns None and is left to ``check_path``.
+    A zip must end with its end-of-central-directory record; one that does not, but starts
+    like a zip (or is shorter than a zip's 4-byte signature), looks cut short. One that
+    neither starts nor ends like a zip is no zip at all: None, so that it is taken at once
+    and ``check_path`` rejects it, instead of waiting as if more were coming. A CSV's last
+    row must end with a newline and have at least the header's number of fields.
+
+    Only regular files are read (never a link or a FIFO); anything unreadable returns None
+    and is left to ``check_path``.
     """
     try:
         fd = os.open(path, OPEN_FLAGS)
@@ -35,16 +42,14 @@ def looks_truncated(path: Path) -> str | None:
             return None
         kind = kind_of(path.name)
         if kind == "zip":
-            os.lseek(fd, max(0, st.st_size - _TAIL), os.SEEK_SET)
-            tail = os.read(fd, _TAIL)
-            # The record is 22 bytes plus its comment, and must end exactly at the end of
-            # the file: a signature somewhere inside the data does not count.
-            at = tail.rfind(b"PK\x05\x06")
-            while at >= 0:
-                if len(tail) - at >= 22 and at + 22 + int.from_bytes(tail[at + 20 : at + 22], "little") == len(tail):
-                    return None
-                at = tail.rfind(b"PK\x05\x06", 0, at)
-            return "no end-of-central-directory record at the end of the zip"
+            tail = os.pread(fd, MAX_TAIL, max(0, st.st_size - MAX_TAIL))
+            if ends_with_end_record(tail):
+                return None
+            if st.st_size < SIGNATURE_SIZE:
+                return f"{st.st_size} bytes, shorter than any zip"
+            if starts_like_zip(os.pread(fd, SIGNATURE_SIZE, 0)):
+                return "no end-of-central-directory record at the end of the zip"
+            return None  # not a zip at all: check_path says so
         if kind != "csv":
             return None
         head = os.pread(fd, CHUNK, 0)

@@ -16,6 +16,7 @@ from sisdropd.preflight import sisformat
 from sisdropd.preflight.csvcheck import Capped, scan_csv
 from sisdropd.preflight.files import CHUNK, basename
 from sisdropd.preflight.report import Builder, Member, human, reason
+from sisdropd.preflight.zipdirectory import not_a_zip, starts_like_zip
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -39,8 +40,13 @@ def check_zip(f: BinaryIO, build: Builder) -> None:
     try:
         zf = zipfile.ZipFile(f)
     except Exception as e:  # garbage raises many kinds of error; all mean "not readable"
-        if str(e) == "File is not a zip file":
-            why = "no end-of-central-directory record: truncated upload?"
+        if str(e) == "File is not a zip file":  # zipfile found no end record
+            f.seek(0)
+            head = f.read(512)
+            if starts_like_zip(head):
+                why = "no end-of-central-directory record: truncated upload?"
+            else:
+                why = not_a_zip(head)
         else:
             why = reason(e)
         build.problem(None, f"is not a readable zip ({why})")
