@@ -81,6 +81,14 @@ class Limits:
     max_bytes: int = 20 * 1024**3  # files larger are refused ("too big to post")
     max_member_bytes: int = 10 * 1024**3  # one zip member's uncompressed size
     max_ratio: int = 100  # Canvas fails a zip whose content is > 100x its size
+    # A zip's entries and central directory, bounded before zipfile parses them (it builds
+    # one ZipInfo of about 600 bytes per entry). A SIS export holds a few dozen CSVs at most;
+    # 10,000 entries leaves room for one file per course of a big university. An entry
+    # takes 46 bytes plus its name, extra fields (timestamps, zip64: typically 20-40 bytes)
+    # and comment: 10,000 entries with 300-byte names and extras fit in 3.5 MiB, so 4 MiB.
+    # Together they cap what the check holds for a zip's directory at about 10 MB.
+    max_zip_entries: int = 10_000
+    max_zip_directory: int = 4 * 1024**2
     max_problems: int = 20  # stop listing after this many problems (then one "and N more")
     max_warnings: int = 20
 

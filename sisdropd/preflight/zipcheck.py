@@ -16,7 +16,7 @@ from sisdropd.preflight import sisformat
 from sisdropd.preflight.csvcheck import Capped, scan_csv
 from sisdropd.preflight.files import CHUNK, basename
 from sisdropd.preflight.report import Builder, Member, human, reason
-from sisdropd.preflight.zipdirectory import not_a_zip, starts_like_zip
+from sisdropd.preflight.zipdirectory import directory_problem, not_a_zip, starts_like_zip
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -37,6 +37,15 @@ def _unsafe_path(name: str) -> str:
 def check_zip(f: BinaryIO, build: Builder) -> None:
     """Check a zip without trusting it: entries and size bounds first, then each CSV."""
     limits, zip_name, zip_size = build.limits, build.report.name, build.report.size
+
+    def read_at(offset: int, size: int) -> bytes:
+        f.seek(offset)
+        return f.read(size)
+
+    too_big = directory_problem(read_at, zip_size, limits.max_zip_entries, limits.max_zip_directory)
+    if too_big:
+        build.problem(None, too_big)
+        return
     try:
         zf = zipfile.ZipFile(f)
     except Exception as e:  # garbage raises many kinds of error; all mean "not readable"

@@ -7,6 +7,12 @@ Layout from PKWARE's APPNOTE.TXT (sections 4.3.6, 4.3.7, 4.3.16).
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sisdropd.preflight.report import human
+
 LOCAL_HEADER = b"PK\x03\x04"  # starts every entry's data, so the first one starts the file
 END_RECORD = b"PK\x05\x06"  # end of central directory: 22 bytes, then a comment
 END_RECORD_SIZE = 22
@@ -65,3 +71,110 @@ def not_a_zip(head: bytes) -> str:
             what = "text (a CSV named .zip?)"
     looks = f"; it looks like {what}" if what else ""
     return f"not a zip file: it neither starts nor ends as a zip does{looks}"
+
+
+# -------------------------------------------------------------------- the central directory
+
+ReadAt = Callable[[int, int], bytes]  # (offset, size) -> at most size bytes from offset
+
+_LOCATOR64 = b"PK\x06\x07"  # zip64 end-of-central-directory locator: 20 bytes
+_LOCATOR64_SIZE = 20
+_END64 = b"PK\x06\x06"  # zip64 end-of-central-directory record: 56 bytes (no extensible data)
+_END64_SIZE = 56
+_ENTRY = b"PK\x01\x02"  # one central-directory entry: 46 bytes, then name, extra, comment
+_ENTRY_SIZE = 46
+
+
+@dataclass(frozen=True)
+class Directory:
+    """The central directory as the end record declares it, located as zipfile locates it.
+
+    ``entries`` is the declared number of entries and ``size`` the declared bytes (the
+    zip64 record's when there is one), ``start`` the offset zipfile reads it from: right
+    before the end records, whatever offset they declare (so a zip with a prefix, such as
+    a self-extracting one, still reads).
+    """
+
+    entries: int
+    size: int
+    start: int
+    zip64: bool
+
+
+def read_directory(read_at: ReadAt, file_size: int) -> Directory | None:
+    """Find the end record and read what it says of the central directory, or None when
+    there is no end record (zipfile then says "File is not a zip file").
+
+    Mirrors CPython's ``zipfile._EndRecData`` and ``_EndRecData64`` (3.11): an end record
+    without a comment as the last 22 bytes, else the last signature among the final 64 KiB;
+    a zip64 locator and record right before it replace the counts.
+    """
+    if file_size < END_RECORD_SIZE:
+        return None
+    last = read_at(file_size - END_RECORD_SIZE, END_RECORD_SIZE)
+    if last.startswith(END_RECORD) and last.endswith(b"\0\0"):
+        at, record = file_size - END_RECORD_SIZE, last
+    else:
+        base = max(0, file_size - MAX_TAIL)
+        tail = read_at(base, file_size - base)
+        found = tail.rfind(END_RECORD)
+        if found < 0 or len(tail) - found < END_RECORD_SIZE:
+            return None
+        at, record = base + found, tail[found : found + END_RECORD_SIZE]
+    _, _, _, _, entries, size, _, _ = struct.unpack("<4s4H2LH", record)
+    zip64 = False
+    if at >= _LOCATOR64_SIZE + _END64_SIZE:
+        locator = read_at(at - _LOCATOR64_SIZE, _LOCATOR64_SIZE)
+        end64 = read_at(at - _LOCATOR64_SIZE - _END64_SIZE, _END64_SIZE)
+        if locator.startswith(_LOCATOR64) and end64.startswith(_END64):
+            entries, size = struct.unpack_from("<QQ", end64, 32)
+            at -= _LOCATOR64_SIZE + _END64_SIZE
+            zip64 = True
+    return Directory(entries=entries, size=size, start=at - size, zip64=zip64)
+
+
+def count_entries(read_at: ReadAt, directory: Directory) -> int:
+    """Walk the central directory's entries one fixed header at a time and count them, in
+    constant memory (the time is bounded by the directory's size, checked first).
+
+    The count is what zipfile would turn into ZipInfo objects: it parses entries until it
+    has consumed ``size`` bytes, whatever ``entries`` declares. Where the directory is
+    malformed the count stops there (zipfile then says what is wrong).
+    """
+    count, at, end = 0, directory.start, directory.start + directory.size
+    if directory.start < 0:
+        return 0
+    while at < end:
+        header = read_at(at, _ENTRY_SIZE)
+        if len(header) < _ENTRY_SIZE or not header.startswith(_ENTRY):
+            break
+        name, extra, comment = struct.unpack_from("<3H", header, 28)
+        at += _ENTRY_SIZE + name + extra + comment
+        count += 1
+    return count
+
+
+def directory_problem(
+    read_at: ReadAt, file_size: int, max_entries: int, max_bytes: int
+) -> str | None:
+    """Why a zip's central directory is too big to parse, or None.
+
+    Checked before zipfile runs: zipfile reads the whole directory into memory and builds
+    one ZipInfo object (about 600 bytes) per entry, so a 17 MB zip of 200,000 tiny entries
+    cost 118 MB before any limit could look at it.
+    """
+    directory = read_directory(read_at, file_size)
+    if directory is None:
+        return None
+    bomb = "no SIS export comes near it: a zip bomb?"
+    if directory.entries > max_entries:
+        return f"declares {directory.entries} entries, more than the {max_entries} allowed ({bomb})"
+    if directory.size > max_bytes:
+        return (
+            f"has a central directory of {human(directory.size)}, more than the "
+            f"{human(max_bytes)} allowed ({bomb})"
+        )
+    entries = count_entries(read_at, directory)  # the declared count may lie
+    if entries > max_entries:
+        return f"has {entries} entries, more than the {max_entries} allowed ({bomb})"
+    return None
