@@ -12,8 +12,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sisdropd.preflight import Limits, Member, check_path, csvcheck
+from sisdropd.preflight import Limits, Member, check_path, csvrows, sisformat
 
 from .preflight_helpers import USERS, messages, only, write
 
@@ -254,7 +256,7 @@ def test_unterminated_quote_names_the_line_its_record_began_on(tmp_path):
 
 
 def test_a_record_longer_than_the_bound_is_refused_without_reading_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(csvcheck, "MAX_RECORD_CHARS", 1000)
+    monkeypatch.setattr(csvrows, "MAX_RECORD_BYTES", 1000)
     path = write(tmp_path, "u.csv", "user_id,login_id,status\n1,a,active\n" + "x" * 5000)
     problem = only(check_path(path).problems)
     assert problem.line == 3 and "record longer than" in problem.message
@@ -290,10 +292,10 @@ def test_binary_garbage_without_newlines_is_refused_in_bounded_memory(tmp_path):
 
 
 def test_big_csv_rest_is_still_read_whole_by_the_fast_pass(tmp_path: Path) -> None:
-    """Past DEEP_CHARS rows are not checked one by one, but every byte is still read."""
-    from sisdropd.preflight import DEEP_CHARS
+    """Past DEEP_BYTES rows are not checked one by one, but every byte is still read."""
+    from sisdropd.preflight import DEEP_BYTES
 
-    rows = DEEP_CHARS // 20 + 5000
+    rows = DEEP_BYTES // 20 + 5000
     body = "".join(f"u{i},l{i},active\n" for i in range(rows))
     good = tmp_path / "users.csv"
     good.write_text("user_id,login_id,status\n" + body)
@@ -326,3 +328,22 @@ def test_csv_report_carries_the_sha256_of_every_byte(tmp_path: Path) -> None:
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("users.csv", "user_id,login_id,status\nu1,l1,active\n")
     assert check_path(z).sha256 is None  # a zip is not read whole: the daemon hashes it itself
+
+
+COLUMNS = ["user_id", "login_id", "status", "course_id", "section_id", "role", "role_id", "name", "x"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    type_index=st.integers(0, len(sisformat.CSV_TYPES) - 1),
+    header=st.lists(st.sampled_from(COLUMNS), max_size=7),
+    rows=st.lists(st.lists(st.sampled_from(["", " ", "1", "active", "ACTIVE", "gone", "deleted"]), max_size=8), max_size=5),
+)
+def test_the_row_checker_says_what_row_problems_says(type_index, header, rows):
+    """The deep part checks rows with ``row_checker`` (positions worked out once); the
+    simulator with ``row_problems``: they must agree, repeated columns included."""
+    csv_type = sisformat.CSV_TYPES[type_index]
+    check = sisformat.row_checker(csv_type, header)
+    for row in rows:
+        expected = sisformat.row_problems(csv_type, header, row)
+        assert (check(row) if check else []) == expected

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sisdropd.preflight import Limits, Member, Problem, check_open, check_path, csvcheck
+from sisdropd.preflight import Limits, Member, Problem, check_open, check_path, zipcheck
 
 from .preflight_helpers import ENROLLMENTS, USERS, make_zip, messages, only, write
 
@@ -246,7 +246,7 @@ def test_member_with_an_impossible_offset_is_unreadable_not_an_error(tmp_path):
 
 
 def test_reading_is_capped_one_byte_past_the_declared_size():
-    view = csvcheck.Capped(io.BytesIO(b"x" * 1000), 10)
+    view = zipcheck.Capped(io.BytesIO(b"x" * 1000), 10)
     assert len(io.BufferedReader(view).read()) == 11
     assert view.overflow and view.count == 11
 

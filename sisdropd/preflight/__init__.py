@@ -10,10 +10,17 @@ entry declares, and an XML file is never allowed to declare entities.
 
 The package, one module per concern:
 
-- ``check``: the entry points, ``check_path`` and ``check_open``; ``files``: opening a
-  dropped file safely and what its name says it is.
+- ``check``: the entry points. ``check_path(path)`` for a dropped file (the daemon,
+  ``sisdropd validate``); ``check_fd(fd)`` for an open descriptor, read with pread only,
+  which can also hash a zip in a pass bracketed by fstat; ``check_open(f)`` for a file
+  object. ``files``: opening a file safely, and what its name says it is.
 - ``report``: the ``Report`` with its ``Problem``s and ``Member``s, and the ``Limits``.
-- ``csvcheck``, ``zipcheck``, ``xmlcheck``: the check of each kind of file.
+- ``csvcheck``: ``CsvCheck``, the push API (feed a CSV's blocks as they are read and
+  sent, get check_path's Report and the SHA-256 at the end), over ``csvbytes`` (every
+  byte: UTF-8, quoting, line and record ends, fatal) and ``csvrows`` (the first records
+  parsed row by row: header, required values, statuses), ``csvheader`` (a header in words).
+- ``zipcheck`` (with ``zipdirectory``: the end record and entry limits, read by hand),
+  ``xmlcheck``: the check of a zip and of an XML file.
 - ``sisformat``: the SIS CSV type table (shared with the simulator); ``params``: Canvas's
   create-parameter rules (``check_import_params``), light enough for ``config`` to import.
 - ``truncation``: ``looks_truncated``, asked before a settled file is taken.
@@ -31,10 +38,12 @@ from typing import TYPE_CHECKING, Any
 from sisdropd.preflight.params import IMPORT_PARAMS, check_import_params
 
 if TYPE_CHECKING:  # the names __getattr__ hands out, for type checkers ("as" re-exports)
+    from sisdropd.preflight.check import check_fd as check_fd
     from sisdropd.preflight.check import check_open as check_open
     from sisdropd.preflight.check import check_path as check_path
-    from sisdropd.preflight.csvcheck import DEEP_CHARS as DEEP_CHARS
-    from sisdropd.preflight.csvcheck import MAX_RECORD_CHARS as MAX_RECORD_CHARS
+    from sisdropd.preflight.csvcheck import CsvCheck as CsvCheck
+    from sisdropd.preflight.csvrows import DEEP_BYTES as DEEP_BYTES
+    from sisdropd.preflight.csvrows import MAX_RECORD_BYTES as MAX_RECORD_BYTES
     from sisdropd.preflight.report import Limits as Limits
     from sisdropd.preflight.report import Member as Member
     from sisdropd.preflight.report import Problem as Problem
@@ -45,14 +54,16 @@ if TYPE_CHECKING:  # the names __getattr__ hands out, for type checkers ("as" re
 # name -> the module of this package that defines it, imported on first use
 _LAZY: dict[str, str] = {
     "check_path": "check",
+    "check_fd": "check",
     "check_open": "check",
+    "CsvCheck": "csvcheck",
     "Report": "report",
     "Problem": "report",
     "Member": "report",
     "Limits": "report",
     "XML_IMPORT_TYPES": "xmlcheck",
-    "DEEP_CHARS": "csvcheck",
-    "MAX_RECORD_CHARS": "csvcheck",
+    "DEEP_BYTES": "csvrows",
+    "MAX_RECORD_BYTES": "csvrows",
     "looks_truncated": "truncation",
 }
 

@@ -96,6 +96,15 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+def size_problem(size: int, limits: Limits) -> str | None:
+    """Why a file of ``size`` bytes is refused before its content is looked at, or None."""
+    if size == 0:
+        return "is empty (0 bytes)"
+    if size > limits.max_bytes:
+        return f"is {human(size)}: too big to post (the limit is {human(limits.max_bytes)})"
+    return None
+
+
 class Builder:
     """A Report under construction, with the problem and warning lists capped."""
 

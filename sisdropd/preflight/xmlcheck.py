@@ -8,10 +8,9 @@ external entities).
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from collections.abc import Iterable
 from xml.parsers import expat
 
-from sisdropd.preflight.files import CHUNK
 from sisdropd.preflight.report import Builder
 
 XML_IMPORT_TYPES: frozenset[str] = frozenset({"ims_xml"})
@@ -23,9 +22,10 @@ class _Refused(Exception):
     """An XML construct we refuse to parse further."""
 
 
-def check_xml(f: BinaryIO, build: Builder, import_type: str) -> None:
-    """Refuse XML for import types that read none; else check it is well-formed, streamed,
-    with every entity declaration refused (no billion laughs, no external entities)."""
+def check_xml(blocks: Iterable[bytes], build: Builder, import_type: str) -> None:
+    """Refuse XML for import types that read none (``blocks`` untouched); else check the
+    file, whose consecutive ``blocks`` are consumed one at a time, is well-formed, with
+    every entity declaration refused (no billion laughs, no external entities)."""
     if import_type not in XML_IMPORT_TYPES:
         build.problem(
             None,
@@ -50,8 +50,8 @@ def check_xml(f: BinaryIO, build: Builder, import_type: str) -> None:
     parser.SkippedEntityHandler = refuse_skipped
     parser.ExternalEntityRefHandler = lambda *_: 0  # 0: expat stops with an error
     try:
-        while chunk := f.read(CHUNK):
-            parser.Parse(chunk, False)
+        for block in blocks:
+            parser.Parse(block, False)
         parser.Parse(b"", True)
     except _Refused as e:
         build.problem(parser.CurrentLineNumber, str(e))

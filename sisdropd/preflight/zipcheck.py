@@ -13,12 +13,46 @@ import zipfile
 from typing import BinaryIO
 
 from sisdropd.preflight import sisformat
-from sisdropd.preflight.csvcheck import Capped, scan_csv
+from sisdropd.preflight.csvcheck import CsvScan
 from sisdropd.preflight.files import CHUNK, basename
 from sisdropd.preflight.report import Builder, Member, human, reason
 from sisdropd.preflight.zipdirectory import directory_problem, not_a_zip, starts_like_zip
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class Capped(io.RawIOBase):
+    """A read-only view of ``inner`` that hands out at most ``limit + 1`` bytes.
+
+    Counts what it handed out; one byte past the limit is enough to prove a zip member
+    holds more than its entry declares, and nothing more is ever read. Closing it leaves
+    ``inner`` open.
+    """
+
+    def __init__(self, inner: BinaryIO, limit: int) -> None:
+        super().__init__()
+        self._inner = inner
+        self._limit = limit
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left under the cap for -1), without a copy."""
+        left = self._limit + 1 - self.count
+        data = self._inner.read(left if size < 0 else min(size, left)) if left > 0 else b""
+        self.count += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    @property
+    def overflow(self) -> bool:
+        return self.count > self._limit
 
 
 def _unsafe_path(name: str) -> str:
@@ -120,10 +154,12 @@ def check_zip(f: BinaryIO, build: Builder) -> None:
 def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, build: Builder) -> None:
     """Check one CSV member, reading no more than its declared size plus one byte."""
     label = f"{build.report.name}/{info.filename}"
+    scan = CsvScan(label, build)
     try:
         with zf.open(info) as member:
             capped = Capped(member, info.file_size)  # type: ignore[arg-type]  # a ZipExtFile reads like one
-            result = scan_csv(io.BufferedReader(capped, CHUNK), label, build)
+            while block := capped.read(CHUNK):
+                scan.feed(block)
     except Exception as e:  # corrupt data raises all sorts: BadZipFile, zlib.error, ValueError...
         build.problem(None, f"cannot be read from the zip ({reason(e)})", label)
         return
@@ -132,13 +168,14 @@ def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, build: Builder) ->
             None, f"holds more data than the {info.file_size} bytes its zip entry declares", label
         )
         return
-    if result.complete and capped.count != info.file_size:
+    if capped.count != info.file_size:
         build.problem(
             None,
             f"holds {capped.count} bytes but its zip entry declares {info.file_size}",
             label,
         )
         return
+    result = scan.finish()
     build.add_csv(
         Member(
             info.filename, basename(info.filename), info.file_size, result.type_name, result.rows
