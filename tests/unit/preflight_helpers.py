@@ -1,4 +1,4 @@
-"""Files and assertions shared by the pre-flight tests (tests/test_preflight_*.py)."""
+"""Files and assertions shared by the pre-flight tests (tests/unit/test_preflight_*.py)."""
 
 from __future__ import annotations
 

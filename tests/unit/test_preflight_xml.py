@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 
 from sisdropd.preflight import XML_IMPORT_TYPES, check_path
-
-from .preflight_helpers import messages, only, returns_within, write
+from tests.unit.preflight_helpers import messages, only, returns_within, write
 
 IMS = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from sisdropd.preflight import Limits, Member, Problem, check_open, check_path, zipcheck
-
-from .preflight_helpers import ENROLLMENTS, USERS, make_zip, messages, only, write
+from tests.unit.preflight_helpers import ENROLLMENTS, USERS, make_zip, messages, only, write
 
 
 def test_zip_with_users_and_enrollments(tmp_path):

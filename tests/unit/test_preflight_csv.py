@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sisdropd.preflight import Limits, Member, check_path, csvrows, sisformat
-
-from .preflight_helpers import USERS, messages, only, write
+from tests.unit.preflight_helpers import USERS, messages, only, write
 
 SAMPLES = [
     ("users", "user_id,login_id,first_name,status\n1,alice,Alice,active\n"),

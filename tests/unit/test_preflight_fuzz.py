@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sisdropd.preflight import Limits, Report, check_path
-
-from .preflight_helpers import ENROLLMENTS, USERS, write
+from tests.unit.preflight_helpers import ENROLLMENTS, USERS, write
 
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

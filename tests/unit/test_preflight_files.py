@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from sisdropd.preflight import Limits, Problem, check_path
-
-from .preflight_helpers import USERS, only, returns_within, write
+from tests.unit.preflight_helpers import USERS, only, returns_within, write
 
 
 def test_empty_file_is_refused(tmp_path):

@@ -24,8 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sisdropd.preflight import CsvCheck, Limits, Report, check_fd, check_path, csvrows
-
-from .preflight_helpers import USERS, messages, only, write
+from tests.unit.preflight_helpers import USERS, messages, only, write
 
 ROW = "{i},user{i},active"
 

@@ -13,9 +13,7 @@ import random
 import zipfile
 
 from sisdropd.preflight import check_path, looks_truncated
-
-from .conftest import Drop, wait_for
-from .preflight_helpers import ENROLLMENTS, USERS, make_zip, only, write
+from tests.unit.preflight_helpers import ENROLLMENTS, USERS, make_zip, only, write
 
 CUT_ZIP = "no end-of-central-directory record at the end of the zip"
 
@@ -32,18 +30,6 @@ def test_random_bytes_named_zip_are_not_truncated_but_rejected_as_no_zip(tmp_pat
     problem = only(check_path(path).problems)
     assert problem.message.startswith("is not a readable zip (not a zip file: ")
     assert "neither starts nor ends as a zip does" in problem.message
-
-
-def test_the_daemon_rejects_random_bytes_named_zip_at_once_instead_of_waiting(
-    drop: Drop, daemon
-) -> None:
-    drop.write(watch={"truncated_after": 3600})  # a cut-short zip would wait an hour
-    d = daemon()
-    (drop.inbox / "term.zip").write_bytes(random_bytes(5000))
-    [failed] = wait_for(lambda: drop.outcomes("failed"), timeout=20, what="rejected")
-    reason = drop.sidecar(failed)["reason"]
-    assert reason.startswith("rejected by the pre-flight check: is not a readable zip (not a zip")
-    assert "looks truncated" not in d.log() and drop.sim.imports() == []
 
 
 def test_a_csv_named_zip_is_rejected_with_a_hint(tmp_path):
