@@ -1,7 +1,7 @@
 """What Canvas knows about SIS CSV files: how a header names its type, and each type's rules.
 
-One table, read by both the pre-flight check (``preflight``) and the simulator
-(``fakecanvas``), so the two can never disagree about what Canvas would do with a file.
+One table, read by both the pre-flight check (the rest of ``sisdropd.preflight``) and the
+simulator, so the two can never disagree about what Canvas would do with a file.
 Source: ../shared/reference/canvas-sis-api.md section 10 (canvas-lms ``lib/sis/csv/*_importer.rb``).
 """
 
