@@ -3,7 +3,7 @@
 :func:`analyse` reads an upload the way Canvas's CSV importer does (reference §9, §10):
 a ``.csv`` is one CSV, a ``.zip`` is extracted (``__MACOSX`` and friends ignored, other
 non-CSV members warned about), anything else holds nothing. Each CSV must be UTF-8 (BOM
-allowed); its header alone decides its type via :mod:`sisdropd.sisformat`; rows with problems
+allowed); its header alone decides its type via :mod:`sisdropd.preflight.sisformat`; rows with problems
 are skipped with a warning. Files are processed in importer order. Everything is streamed
 from disk; every message goes to a spool file, only the first 24 of each kind stay in memory.
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sisdropd.sisformat import (
+from sisdropd.preflight.sisformat import (
     COUNT_KEYS,
     CSV_TYPES,
     UNRECOGNISED_HEADER,

@@ -21,6 +21,7 @@ import time
 import traceback
 from typing import Any
 
+from sisdropd.preflight.sisformat import COUNT_KEYS
 from sisdropd.simulator.content import (
     HEAD,
     Analysis,
@@ -31,7 +32,6 @@ from sisdropd.simulator.content import (
 )
 from sisdropd.simulator.model import RUNNING, SUCCESS, Batch, Timing, term_key
 from sisdropd.simulator.store import Store
-from sisdropd.sisformat import COUNT_KEYS
 
 # Which message kinds a finished batch shows, by final state.
 _VISIBLE = {

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from sisdropd.preflight.sisformat import COUNT_KEYS, UNRECOGNISED_HEADER
 from sisdropd.simulator import FAULTS, FakeCanvas
-from sisdropd.sisformat import COUNT_KEYS, UNRECOGNISED_HEADER
 
 from .simclient import (  # noqa: F401 - client_fixture, sim_fixture: the fixtures
     ENROLLMENTS,

@@ -1,7 +1,7 @@
 """What Canvas knows about SIS CSV files: how a header names its type, and each type's rules.
 
-One table, read by both the pre-flight check (``preflight``) and the simulator
-(``fakecanvas``), so the two can never disagree about what Canvas would do with a file.
+One table, read by both the pre-flight check (the rest of ``sisdropd.preflight``) and the
+simulator, so the two can never disagree about what Canvas would do with a file.
 Source: ../shared/reference/canvas-sis-api.md section 10 (canvas-lms ``lib/sis/csv/*_importer.rb``).
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 Header = frozenset[str]
+RowChecker = Callable[[list[str]], list[str]]  # a row's warnings (see ``row_checker``)
 
 
 @dataclass(frozen=True)
@@ -289,3 +290,41 @@ def row_problems(t: CsvType, header: list[str], row: list[str]) -> list[str]:
     if t.statuses and status and status.lower() not in t.statuses:
         out.append(f'Improper status "{status}" for {t.singular}')
     return out
+
+
+def row_checker(t: CsvType, header: list[str]) -> RowChecker | None:
+    """``row_problems`` for many rows of one file: the column positions are worked out once.
+
+    Returns a function of a row that gives exactly what ``row_problems(t, header, row)``
+    gives (where a column name repeats, the last column of that name counts, as there), or
+    None when ``t`` is not validated (no row ever has a problem).
+    """
+    if not t.validated:
+        return None
+    last = {col: i for i, col in enumerate(header)}
+    # One (column positions, message) per required group; a group with no column in the
+    # header warns on every row.
+    required = [
+        (tuple(last[c] for c in alternatives if c in last), f"No {' or '.join(alternatives)} given for {t.singular}")
+        for alternatives in t.required
+    ]
+    status = last.get("status") if t.statuses else None
+    allowed, singular = t.statuses, t.singular
+    fine: list[str] = []  # returned when a row has no problem (never appended to)
+
+    def check(row: list[str]) -> list[str]:
+        size = len(row)
+        out = fine
+        for columns, message in required:
+            for i in columns:
+                if i < size and row[i].strip():
+                    break
+            else:
+                out = [*out, message]
+        if status is not None and status < size:
+            value = row[status].strip()
+            if value and value.lower() not in allowed:
+                out = [*out, f'Improper status "{value}" for {singular}']
+        return out
+
+    return check
