@@ -10,6 +10,7 @@ socket of our own, the way systemd would receive it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -734,6 +735,25 @@ sys.exit(3)
 """
 
 
+@contextlib.contextmanager
+def daemon_under(drop: Drop, argv: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``argv`` (a daemon started some special way) running until the block ends; then
+    SIGTERM, and it must exit 0. Killed if the block fails."""
+    log = drop.root / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, env=drop.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "watching" in log.read_text() or proc.poll() is not None, 20, what="daemon start")
+        assert proc.poll() is None, log.read_text()
+        yield proc, log
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_the_daemon_runs_with_memory_deny_write_execute(drop: Drop) -> None:
     probe = subprocess.run(
         [sys.executable, "-c", _MDWE, "-c", _PROBE], capture_output=True, text=True, timeout=30
@@ -741,31 +761,11 @@ def test_the_daemon_runs_with_memory_deny_write_execute(drop: Drop) -> None:
     if probe.returncode == 77:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
     assert probe.returncode == 0, f"W^X is not in force: {probe.returncode} {probe.stderr}"
-    log = drop.root / "daemon.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _MDWE, "-m", "sisdropd", "run", "-c", str(drop.config)],
-            env=drop.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        wait_for(
-            lambda: "watching" in log.read_text() or proc.poll() is not None,
-            20,
-            what="daemon start",
-        )
-        assert proc.poll() is None, log.read_text()
+    argv = [sys.executable, "-c", _MDWE, "-m", "sisdropd", "run", "-c", str(drop.config)]
+    with daemon_under(drop, argv) as (_proc, log):
         (drop.inbox / "users.csv").write_text(USERS)
         [done] = wait_for(lambda: drop.outcomes("done"), 20, what="users.csv in done/")
         assert drop.sidecar(done)["workflow_state"] == "imported"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     text = log.read_text()
     assert "inotify" in text and "MemoryError" not in text and "Traceback" not in text, text
 
@@ -804,17 +804,10 @@ def test_the_daemon_runs_under_protect_proc_and_proc_subset_within_its_limits(dr
     )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a subset=pid /proc here: {probe.stderr.strip()}")
-    log = drop.root / "daemon.log"
     script = 'mount -t proc -o hidepid=invisible,subset=pid proc /proc && exec "$@"'
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
-             sys.executable, "-m", "sisdropd", "run", "-c", str(drop.config)],
-            env=drop.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    try:
-        wait_for(lambda: "watching" in log.read_text() or proc.poll() is not None, 20, what="daemon start")
-        assert proc.poll() is None, log.read_text()
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+            sys.executable, "-m", "sisdropd", "run", "-c", str(drop.config)]
+    with daemon_under(drop, argv) as (proc, log):
         (drop.inbox / "users.csv").write_text(USERS)
         (drop.inbox / "enrollments.csv").write_text("course_id,user_id,role,status\nC1,u1,student,active\nC1,u2,student,bogus\n")
         wait_for(lambda: len(drop.outcomes("done")) == 2, 30, what="both files in done/")
@@ -824,11 +817,5 @@ def test_the_daemon_runs_under_protect_proc_and_proc_subset_within_its_limits(dr
         peak = int(status["VmHWM"].split()[0]) * 1024
         assert 4 * peak <= _size(one(u, "MemoryMax")), f"peak {peak >> 20} MB leaves too little room"
         assert 4 * int(status["Threads"]) <= int(one(u, "TasksMax")), status["Threads"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     text = log.read_text()
     assert "Traceback" not in text and "-> done/" in text, text
