@@ -11,6 +11,15 @@ lost answer did not create an import; its body streams from disk (``upload``).
 
 ``client_for`` builds the client from a ``Config``: the one place where the daemon, the
 one-shot ``submit`` and the operator's commands get theirs.
+
+Where the token goes (``request``): only to the configured Canvas origin (scheme, host and
+port), over the configured scheme. Redirects are never left to requests: each hop is
+judged here. An API request (a ``Link: rel="next"`` page included) to another origin is
+refused (``OffOrigin``), never sent; a download (the errors file) may leave the origin
+for a files host over https, without the token, and is refused over a weaker scheme than
+the configured one (its URL carries a signed ``verifier`` and the file student data).
+Downloads are cut at ``max_download`` bytes. Every JSON object Canvas gives back comes
+without the ``verifier`` of its file URLs (``strip_verifiers``), so no stored copy keeps one.
 """
 
 from __future__ import annotations
@@ -25,9 +34,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
+from loguru import logger
 from requests.adapters import HTTPAdapter
 
 from sisdropd import __version__
@@ -40,6 +50,10 @@ if TYPE_CHECKING:
 LOW_QUOTA = 100.0  # X-Rate-Limit-Remaining below this: slow down
 REFILL_PER_SECOND = 10.0  # Canvas's default leaky-bucket refill rate
 DOWNLOAD_ATTEMPTS = 5  # an errors file is worth a few tries, never a file kept waiting
+MAX_REDIRECTS = 10  # hops followed for one GET, each one judged by the origin policy
+DEFAULT_MAX_DOWNLOAD = 1024**3  # 1 GiB; Canvas's errors files are kilobytes to a few megabytes
+_REDIRECTS = (301, 302, 303, 307, 308)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Stopped(Exception):
@@ -96,6 +110,62 @@ class NotFound(CanvasError):
     """404: no such account or import (or an abort of a finished import)."""
 
     cause = "not_found"
+
+
+class OffOrigin(CanvasError):
+    """A URL from Canvas (a next-page link, a redirect, a download) that the token must not
+    follow: another origin for an API request, or a weaker scheme. Never sent; not retried."""
+
+    cause = "off_origin"
+
+
+class TooLarge(CanvasError):
+    """A download grew past ``max_download`` bytes: cut, and nothing of it kept."""
+
+    cause = "too_large"
+
+
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: str) -> Origin | None:
+    """``(scheme, host, port)`` of an http(s) URL, the port made explicit; None for any other URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[parts.scheme]
+
+
+def where(url: str) -> str:
+    """A URL for a log line: scheme, host, port and path; never its query (a ``verifier``,
+    an ``access_token``), fragment or user info."""
+    o = origin_of(url)
+    if o is None:
+        return f"a non-http(s) URL ({urlsplit(url).scheme or 'no scheme'})"
+    host = f"[{o[1]}]" if ":" in o[1] else o[1]
+    return f"{o[0]}://{host}:{o[2]}{urlsplit(url).path}"
+
+
+def strip_verifiers(value: Any) -> Any:
+    """``value`` (Canvas's JSON) with the ``verifier`` query parameter removed from every URL.
+
+    A File's ``url`` carries a signed verifier that lets anyone holding it download the file
+    (an errors file lists students) for about an hour; sidecars, the journal and status
+    output keep the URL without it. Other strings and types are returned as they are.
+    """
+    if isinstance(value, dict):
+        return {k: strip_verifiers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_verifiers(v) for v in value]
+    if isinstance(value, str) and "verifier=" in value and "://" in value:
+        parts = urlsplit(value)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "verifier"]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+    return value
 
 
 def _canvas_message(resp: requests.Response) -> str:
@@ -193,8 +263,14 @@ class CanvasClient:
         retry_initial: float = 5.0,
         retry_max: float = 300.0,
         stop: threading.Event | None = None,
+        max_download: int = DEFAULT_MAX_DOWNLOAD,
     ) -> None:
         self.base = base_url.rstrip("/") + "/api/v1"
+        origin = origin_of(self.base)
+        if origin is None:
+            raise ValueError("base_url: not an http(s) URL")
+        self.origin: Origin = origin
+        self.max_download = max_download
         self.account = f"/accounts/{quote(account_id, safe=':')}"
         self.timeout = timeout
         self.stop = stop or threading.Event()
@@ -205,9 +281,10 @@ class CanvasClient:
         self._session = requests.Session()
         self._session.mount("https://", _BigBlocks())
         self._session.mount("http://", _BigBlocks())
-        self._session.headers.update(
-            {"Authorization": f"Bearer {token}", "User-Agent": f"sisdropd/{__version__}", "Accept": "application/json"}
-        )
+        # No Authorization among the session's headers: ``request`` adds it to each hop
+        # that goes to our origin, and only to those.
+        self._session.headers.update({"User-Agent": f"sisdropd/{__version__}", "Accept": "application/json"})
+        self._token = token
         self._session.verify = ca_bundle or True  # TLS verification is never off
         self._session.trust_env = False  # no proxy or netrc surprises; the token goes where we say
 
@@ -215,29 +292,68 @@ class CanvasClient:
         self._session.close()
 
     def set_token(self, token: str) -> None:
-        self._session.headers["Authorization"] = f"Bearer {token}"
+        self._token = token
 
     # -- one attempt -------------------------------------------------------------------
     def _url(self, path: str) -> str:
         return path if path.startswith("http") else self.base + path
 
-    def request(self, method: str, path: str, **kw: Any) -> requests.Response:
-        """Send one request; return the 2xx answer or raise the classified ``CanvasError``."""
+    def request(self, method: str, path: str, *, download: bool = False, **kw: Any) -> requests.Response:
+        """Send one request; return the 2xx answer or raise the classified ``CanvasError``.
+
+        ``path`` is under the API base, or a whole URL Canvas gave us. Redirects of a GET
+        are followed here, at most ``MAX_REDIRECTS``, each hop judged by ``_judge``: the
+        token goes with a hop only when it is on our origin. Raises ``OffOrigin`` for a
+        URL the policy refuses (nothing is sent to it).
+        """
         self._pace()
         kw.setdefault("timeout", self.timeout)
-        try:
-            resp = self._session.request(method, self._url(path), **kw)
-        except requests.RequestException as e:
-            raise classify(exc=e) from None
-        rem = resp.headers.get("X-Rate-Limit-Remaining")
-        if rem is not None:
+        extra = dict(kw.pop("headers", None) or {})
+        url = self._url(path)
+        for hop in range(MAX_REDIRECTS + 1):
+            headers = dict(extra)
+            if self._judge(url, download=download, redirected=hop > 0):
+                headers["Authorization"] = f"Bearer {self._token}"
             try:
-                self.remaining, self._remaining_at = float(rem), time.monotonic()
-            except ValueError:
-                pass
-        if resp.status_code >= 300:
-            raise classify(resp)
-        return resp
+                resp = self._session.request(method, url, headers=headers, allow_redirects=False, **kw)
+            except requests.RequestException as e:
+                raise classify(exc=e) from None
+            rem = resp.headers.get("X-Rate-Limit-Remaining")
+            if rem is not None and origin_of(url) == self.origin:
+                try:
+                    self.remaining, self._remaining_at = float(rem), time.monotonic()
+                except ValueError:
+                    pass
+            location = resp.headers.get("Location")
+            if resp.status_code in _REDIRECTS and location and method in ("GET", "HEAD"):
+                resp.close()
+                del resp  # a refusal of the next hop must not keep this answer's socket alive
+                url = urljoin(url, location)
+                continue
+            if resp.status_code >= 300:
+                raise classify(resp)
+            return resp
+        raise Retryable(f"more than {MAX_REDIRECTS} redirects, last to {where(url)}")
+
+    def _judge(self, url: str, *, download: bool, redirected: bool) -> bool:
+        """Whether ``url`` gets the token; raises ``OffOrigin`` when it must not be requested.
+
+        Our origin (scheme, host, port): yes. An API request anywhere else: refused. A
+        download elsewhere: over https (or the configured scheme, when that is loopback
+        http), without the token, and said in the log; over a weaker scheme: refused.
+        """
+        o = origin_of(url)
+        if o == self.origin:
+            return True
+        what = "a redirect" if redirected else ("a download" if download else "a Canvas URL")
+        ours = where(self.base).removesuffix("/api/v1")
+        # Refusals are raised, and logged by the caller with the file they concern.
+        if not download:
+            raise OffOrigin(f"refused {what} to {where(url)}: not the configured Canvas origin {ours}, the token goes nowhere else")
+        if o is None or o[0] not in ("https", self.origin[0]):
+            raise OffOrigin(f"refused {what} to {where(url)}: not over {self.origin[0]}, the configured scheme")
+        logger.info("{} to {}, another origin than Canvas's: fetched without the token", what, where(url))
+        return False
 
     def _pace(self) -> None:
         """Slow down while Canvas says the quota is low (it refills about 10 units a second)."""
@@ -282,7 +398,7 @@ class CanvasClient:
     def call(self, method: str, path: str, *, log: Any = None, deadline: float | None = None, **kw: Any) -> Any:
         """Send a safe request through the retry loop (see ``_retrying``); return its JSON."""
         what = f"{method} {_path_only(path)}"
-        return self._retrying(method, path, what=what, log=log, deadline=deadline, **kw).json()
+        return strip_verifiers(self._retrying(method, path, what=what, log=log, deadline=deadline, **kw).json())
 
     # -- the API -----------------------------------------------------------------------
     def whoami(self, **kw: Any) -> dict[str, Any]:
@@ -304,8 +420,15 @@ class CanvasClient:
         url: str | None = f"{self.account}/sis_imports"
         while url:
             resp = self._retrying("GET", url, what="the list of imports", log=log, deadline=deadline, params=params)
-            yield from resp.json().get("sis_imports", [])
+            page = strip_verifiers(resp.json().get("sis_imports", []))
             url = resp.links.get("next", {}).get("url")
+            resp.close()
+            del resp  # its connection goes back to the pool, whatever the caller keeps
+            yield from page
+            if url and origin_of(url) != self.origin:
+                # Refused before anything is sent, and raised, never taken as the end of the
+                # list: a caller looking for a lost post must not conclude it is absent.
+                self._judge(url, download=False, redirected=False)
             params = {}  # the next link carries them
 
     def abort(self, import_id: int, **kw: Any) -> dict[str, Any]:
@@ -338,27 +461,46 @@ class CanvasClient:
                 )
             except Cancelled:
                 raise Stopped() from None
-        return resp.json()
+        return strip_verifiers(resp.json())
+
+    def download_errors_file(self, import_id: int, dest: Path) -> int | None:
+        """Save import ``import_id``'s errors file to ``dest``; its size, or None if it has none.
+
+        The URL is asked of Canvas now: what was stored has no ``verifier``, and a verifier
+        lives about an hour (a restart may come later). Raises as ``download``.
+        """
+        what = f"GET {_path_only(self.account)}/sis_imports/{import_id}"
+        imp = self._retrying("GET", f"{self.account}/sis_imports/{import_id}", what=what, attempts=DOWNLOAD_ATTEMPTS).json()
+        url = ((imp or {}).get("errors_attachment") or {}).get("url")
+        return self.download(url, dest) if url else None
 
     def download(self, url: str, dest: Path) -> int:
         """Save the file at ``url`` (an errors attachment) to ``dest``; returns its size.
 
-        The token is only sent when the URL is on the Canvas host itself. Tried at most
-        ``DOWNLOAD_ATTEMPTS`` times; raises the last ``CanvasError``, or OSError.
+        The token goes only to our origin (see ``_judge``; a files host gets the request
+        without it). Tried at most ``DOWNLOAD_ATTEMPTS`` times. More than ``max_download``
+        bytes (announced, or counted as they come) raise ``TooLarge``, and nothing is left
+        behind. Raises the last ``CanvasError`` (``OffOrigin`` for a refused URL), or OSError.
         """
-        same_host = urlsplit(url).netloc == urlsplit(self.base).netloc
-        headers = None if same_host else {"Authorization": None}
-        resp = self._retrying(
-            "GET", url, what="the errors file", attempts=DOWNLOAD_ATTEMPTS, stream=True, headers=headers
+        resp = self._retrying("GET", url, what="the errors file", attempts=DOWNLOAD_ATTEMPTS, stream=True, download=True)
+        limit = self.max_download
+        too_large = TooLarge(
+            f"the file at {where(url)} is larger than canvas.max_download_bytes ({limit} bytes): cut off, nothing kept"
         )
+        announced = resp.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > limit:
+            resp.close()
+            raise too_large
         # A hidden temporary name: whoever watches done/ sees the errors file whole or not at all.
         tmp = dest.with_name(f".sisdropd-{uuid.uuid4().hex[:16]}.tmp")
         n = 0
         try:
             with resp, open(tmp, "wb") as out:
                 for chunk in resp.iter_content(BLOCK):
-                    out.write(chunk)
                     n += len(chunk)
+                    if n > limit:  # counted after decoding: a gzip bomb is cut too
+                        raise too_large
+                    out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, dest)
@@ -386,7 +528,7 @@ def client_for(
         initial, cap = 1.0, 5.0
     return CanvasClient(
         c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
-        retry_initial=initial, retry_max=cap, stop=stop,
+        retry_initial=initial, retry_max=cap, stop=stop, max_download=c.max_download_bytes,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Sequence
 
 from sisdropd import __version__
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything is made: every file any command creates (sidecars, errors files, the
+    # journal and its -wal/-shm, the log, the lock, the pause flag) is 0640 at most and
+    # every folder 0750, whatever umask the shell or cron had (issue 12, point 6).
+    os.umask(0o027)
     args = build_parser().parse_args(argv)
     module, _, function = args.target.partition(":")
     try:

@@ -41,6 +41,8 @@ class CanvasConfig:
     # Backoff for retried requests (network errors, 5xx, rate limits, a rejected token).
     retry_initial: float = 5.0
     retry_max: float = 300.0
+    # A download (Canvas's errors file) is cut past this many bytes; real ones are far smaller.
+    max_download_bytes: int = 1024**3
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class NotifyConfig:
     events: tuple[str, ...] = ("failed", "held", "stale")
     stuck_after: float = 7200.0  # seconds an import may run before a "stuck" event
     timeout: float = 30.0  # seconds a notifier may take
+    include_rows: bool = False  # true: "warnings"/"failed" events carry Canvas's row messages (student names)
 
 
 @dataclass(frozen=True)
@@ -363,6 +366,8 @@ def _check_values(cfg: Config) -> list[str]:
         out.append("canvas.account_id: must not be empty")
     if cfg.canvas.timeout <= 0:
         out.append("canvas.timeout: must be greater than 0")
+    if cfg.canvas.max_download_bytes <= 0:
+        out.append("canvas.max_download_bytes: must be greater than 0")
     if cfg.canvas.retry_initial <= 0 or cfg.canvas.retry_max < cfg.canvas.retry_initial:
         out.append("canvas.retry_initial/retry_max: need 0 < retry_initial <= retry_max")
     if not cfg.folders.root and not all(getattr(cfg.folders, n) for n in FOLDER_NAMES if n != "held"):
@@ -388,8 +393,15 @@ def _check_values(cfg: Config) -> list[str]:
     bad_events = [e for e in cfg.notify.events if e not in NOTIFY_EVENTS]
     if bad_events:
         out.append(f"notify.events: unknown {bad_events} (known: {', '.join(NOTIFY_EVENTS)})")
-    if cfg.notify.webhook and urlsplit(cfg.notify.webhook).scheme not in ("http", "https"):
-        out.append(f"notify.webhook: not an http(s) URL: {cfg.notify.webhook!r}")
+    if cfg.notify.webhook:
+        # Named by scheme and host only: a webhook's path is often a secret itself.
+        hook = urlsplit(cfg.notify.webhook)
+        if hook.scheme not in ("http", "https") or not hook.hostname:
+            out.append(f"notify.webhook: not an https URL (it starts {hook.scheme or 'without a scheme'}:)")
+        elif hook.scheme == "http" and not is_loopback(hook.hostname):
+            out.append(
+                f"notify.webhook: https only (http is accepted for loopback hosts alone): use https://{hook.hostname}/..."
+            )
     if cfg.log.level.upper() not in _LEVELS:
         out.append(f"log.level: one of {', '.join(_LEVELS)}, got {cfg.log.level!r}")
     if cfg.log.format not in ("text", "json"):
@@ -420,7 +432,7 @@ def read_token(cfg: Config, environ: Mapping[str, str] | None = None) -> tuple[s
     """
     env = os.environ if environ is None else environ
     if env.get("SISDROPD_TOKEN", "").strip():
-        return env["SISDROPD_TOKEN"].strip(), "$SISDROPD_TOKEN"
+        return _checked_token(env["SISDROPD_TOKEN"], "$SISDROPD_TOKEN"), "$SISDROPD_TOKEN"
     candidates: list[Path] = []
     if env.get("CREDENTIALS_DIRECTORY"):
         candidates.append(Path(env["CREDENTIALS_DIRECTORY"]) / "canvas-token")
@@ -448,6 +460,25 @@ def read_token(cfg: Config, environ: Mapping[str, str] | None = None) -> tuple[s
         if not token:
             tried.append(f"{path}: empty")
             continue
-        return token, str(path)
+        return _checked_token(token, str(path)), str(path)
     where = "; ".join(tried) if tried else "neither $SISDROPD_TOKEN nor canvas.token_file is set"
     raise TokenError(f"no Canvas token found ({where})")
+
+
+def _checked_token(raw: str, source: str) -> str:
+    """``raw`` without its surrounding whitespace, if it can be one HTTP header value.
+
+    A token is one line of visible ASCII (Canvas's are ``<id>~<64 letters and digits>``).
+    Anything else is refused here, naming ``source`` and never the token: a second line
+    or a control character would otherwise make requests raise InvalidHeader with the
+    whole header value, token included, in its text (a text our redaction cannot match,
+    since it shows the newline escaped). Raises ``TokenError``.
+    """
+    token = raw.strip()
+    if "\n" in token or "\r" in token:
+        raise TokenError(f"{source}: the token has more than one line; put the token alone on one line")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in token):  # C0, DEL, C1
+        raise TokenError(f"{source}: the token contains a control character; put the token alone on one line")
+    if any(not (0x21 <= ord(c) <= 0x7E) for c in token):
+        raise TokenError(f"{source}: the token contains a space or a character outside printable ASCII")
+    return token

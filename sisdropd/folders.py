@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,8 @@ from sisdropd.config import FOLDER_NAMES, Config
 
 NAME_MAX = 255  # bytes, the usual filesystem limit for one name
 ROOM = len(".errors.csv")  # what the sidecar and errors file add to a stored name
+FOLDER_MODE = 0o750  # the folders we make: the group (the uploaders') may look, never write
+STATE_MODE = 0o700  # the state dir: the journal and the lock are the daemon's alone
 _STORED = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}-(?P<orig>.+)$", re.S)
 
 
@@ -48,15 +51,31 @@ class Folders:
         return [(name, getattr(self, name)) for name in FOLDER_NAMES]
 
     def make(self) -> None:
-        """Create every folder that is missing. Raises OSError (EXDEV when inbox/ and
-        processing/ are on two filesystems: taking a file must be one atomic rename)."""
-        for _, path in self.items():
-            path.mkdir(parents=True, exist_ok=True)
+        """Create every folder that is missing: 0750, the state dir 0700 (the journal, the
+        lock), whatever the umask; a folder that exists keeps its mode (inbox/ is the
+        admin's: the README's 3770). Raises OSError (EXDEV when inbox/ and processing/ are
+        on two filesystems: taking a file must be one atomic rename)."""
+        for name, path in self.items():
+            make_dir(path, STATE_MODE if name == "state_dir" else FOLDER_MODE)
         if os.stat(self.inbox).st_dev != os.stat(self.processing).st_dev:
             raise OSError(
                 errno.EXDEV,
                 "inbox/ and processing/ must be on one filesystem, so that taking a file is one atomic rename",
             )
+
+
+def make_dir(path: Path, mode: int) -> None:
+    """``path`` and its missing parents, each made with ``mode`` exactly (a parent we make
+    is a folder of ours too); what exists is left as it is."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        try:
+            p.mkdir(mode=mode)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs
+        # mkdir's mode passes through the umask; chmod does not. A setgid bit inherited
+        # from the parent (the uploaders' group for what is made in it) is kept.
+        os.chmod(p, mode | (os.stat(p).st_mode & stat.S_ISGID))
 
 
 def stored_name(original: str, now: datetime | None = None) -> str:

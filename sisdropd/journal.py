@@ -23,7 +23,7 @@ from typing import Any
 
 from loguru import logger
 
-from sisdropd.folders import journal_file
+from sisdropd.folders import STATE_MODE, journal_file, make_dir
 from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, State, check
 
 SCHEMA_VERSION = 2
@@ -162,7 +162,7 @@ class Journal:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout=30000")
             return
-        state_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(state_dir, STATE_MODE)  # 0700 whatever the umask (issue 12)
         self._db = sqlite3.connect(
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )

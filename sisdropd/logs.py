@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+# What a file name must not bring into a log line as it is: C0 and C1 controls (a newline
+# forges a line; ESC, CSI U+009B and friends drive terminals), DEL, the Unicode line and
+# paragraph separators, and the bidirectional controls (the overrides and embeddings
+# U+202A-U+202E, the isolates U+2066-U+2069, the marks U+200E/U+200F and U+061C), which
+# reorder how a line is shown: "users\u202ecsv.exe" would read as another name.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 _PRIORITY = {
     "TRACE": 7,
     "DEBUG": 7,
@@ -45,7 +50,9 @@ def add_secret(value: str | None) -> None:
     """Never let ``value`` (a token) reach any sink again, whole or inside a longer text."""
     if value and len(value) >= 4:
         with _secrets_lock:
-            _secrets.add(value)
+            # Also as it shows once escaped (our own escape, or an exception's repr): a
+            # value with a control character inside must not slip past in that form.
+            _secrets.update({value, escape(value), repr(value)[1:-1]})
 
 
 def redact(text: str) -> str:
@@ -59,7 +66,8 @@ def redact(text: str) -> str:
 
 
 def escape(text: str) -> str:
-    """Control characters (newlines included) as visible escapes, so one event stays one line."""
+    """Control and bidi characters (newlines included) as visible escapes (``\\n``,
+    ``\\x9b``, ``\\u202e``), so one event stays one line and reads in its own order."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 

@@ -11,15 +11,21 @@ Contract (``[notify]`` in the interface):
   payload's keys (the three above are never overridden by the payload). Every string in
   it, and the serialized JSON as a whole, goes through ``sisdropd.logs.redact``: no
   registered secret leaves the process. Values JSON cannot hold are sent as ``str()``.
+* ``send(event, payload, rows=...)``: ``rows`` are Canvas's row messages (``{"errors":
+  [...], "warnings": [...]}``, pairs of file and text), which name students. They go out
+  only with ``cfg.include_rows``; otherwise every one of their texts is cut out of the
+  payload's ``reason`` too, and the event carries counts, the reason and the sidecar path.
 * command: the argv (no shell) gets the JSON on stdin and ``os.environ`` plus
   ``SISDROPD_EVENT``, ``SISDROPD_FILE``, ``SISDROPD_IMPORT_ID``, ``SISDROPD_STATE`` (empty
-  strings for missing/None values). ``SISDROPD_TOKEN``, and any variable whose value holds
-  a registered secret, are removed from its environment. It runs in its own process group
+  strings for missing/None values). No credential reaches it: ``SISDROPD_TOKEN``,
+  ``CREDENTIALS_DIRECTORY``, any variable whose value holds a registered secret and any
+  that names the credentials directory are removed from its environment. (It still runs as
+  the service user and can read what that user reads: INSTALL.md says what follows.) It runs in its own process group
   and the whole group is killed after ``cfg.timeout`` seconds. stdout/stderr are captured.
   A non-zero exit, a signal, a missing executable or a timeout is logged at ERROR with the
   exit status and the first line of stderr (cleaned), and counted in ``failures``.
 * webhook: the same JSON POSTed (``Content-Type: application/json``, no redirects
-  followed), ``timeout=cfg.timeout``, ``verify=ca_bundle or True``. Any non-2xx answer or
+  followed; https only, loopback aside, as the config insists), ``timeout=cfg.timeout``, ``verify=ca_bundle or True``. Any non-2xx answer or
   exception is logged at ERROR and counted; a connection error or a 5xx is retried once
   after ``retry_delay`` (2 s). Log lines name the webhook by scheme and host only: the
   path of a webhook URL is often itself a secret.
@@ -51,10 +57,33 @@ import requests
 from loguru import logger
 
 from sisdropd import __version__
-from sisdropd.config import NotifyConfig
+from sisdropd.config import NotifyConfig, is_loopback
 from sisdropd.logs import clean, redact
 
 MAX_QUEUED = 1000
+WITHHELD = "[Canvas's row message: in the sidecar]"  # stands for a row text cut out of a reason
+_CREDENTIAL_VARS = ("SISDROPD_TOKEN", "CREDENTIALS_DIRECTORY")
+
+
+def without_rows(reason: str, rows: dict[str, Any]) -> str:
+    """``reason`` with the text of every row message in ``rows`` replaced by ``WITHHELD``.
+
+    A failed import's reason ends with Canvas's first error ("users.csv Unknown status
+    for user Ada Lovelace..."), a row text with a student in it; the batch-level
+    change_threshold message names no one and stays.
+    """
+    from sisdropd.importer import THRESHOLD
+
+    texts: list[str] = []
+    for pairs in rows.values():
+        for pair in pairs or []:
+            parts = [str(x) for x in (pair if isinstance(pair, list | tuple) else [pair]) if x]
+            if parts and not THRESHOLD.search(parts[-1]):
+                texts += [" ".join(parts), parts[-1]]  # as verdict() joins them, then the text alone
+    for text in sorted(set(texts), key=len, reverse=True):
+        if len(text) >= 3:
+            reason = reason.replace(text, WITHHELD)
+    return reason
 
 
 class _Job:
@@ -135,11 +164,20 @@ class Notifier:
         """True when ``event`` is in ``cfg.events`` and some notifier is configured."""
         return self.configured and event in self.cfg.events
 
-    def send(self, event: str, payload: dict[str, Any]) -> None:
-        """Queue ``event`` for delivery and return at once. Never blocks, never raises."""
+    def send(self, event: str, payload: dict[str, Any], rows: dict[str, Any] | None = None) -> None:
+        """Queue ``event`` for delivery and return at once. Never blocks, never raises.
+
+        ``rows``: Canvas's row messages by kind; sent only with ``include_rows``, else cut
+        out of ``payload["reason"]`` (see ``without_rows``).
+        """
         try:
             if not self.wants(event):
                 return
+            if rows is not None:
+                if self.cfg.include_rows:
+                    payload = {**payload, **{k: list(v or [])[:25] for k, v in rows.items()}}
+                elif isinstance(payload.get("reason"), str):
+                    payload = {**payload, "reason": without_rows(payload["reason"], rows)}
             job = self._build(event, payload)
             if not self._ensure_thread():
                 logger.warning(f"notifier closed; {clean(event)} event not sent")
@@ -276,10 +314,11 @@ class Notifier:
     # -- command -------------------------------------------------------------------------
 
     def _child_env(self, job: _Job) -> dict[str, str]:
+        creds = os.environ.get("CREDENTIALS_DIRECTORY", "").rstrip("/")
         env = {
             k: v
             for k, v in os.environ.items()
-            if k != "SISDROPD_TOKEN" and redact(v) == v and redact(k) == k
+            if k not in _CREDENTIAL_VARS and redact(v) == v and redact(k) == k and not (creds and creds in v)
         }
         env.update(
             SISDROPD_EVENT=job.event,
@@ -367,9 +406,13 @@ class Notifier:
 
     def _post_webhook(self, job: _Job) -> str | None:
         """POST once, retry once on a connection error or 5xx; None on success."""
+        where = self._webhook_name
+        parts = urlsplit(self.cfg.webhook or "")
+        if parts.scheme != "https" and not is_loopback(parts.hostname or ""):
+            return f"{where}: refused, a webhook must be https (the event holds file names and reasons)"
         if self._session is None:
             self._session = requests.Session()
-        where = self._webhook_name
+            self._session.trust_env = False  # no .netrc credentials, no proxy surprises
         for attempt in (1, 2):
             retry = False
             try:

@@ -23,7 +23,7 @@ from sisdropd import guard
 from sisdropd.canvas import CanvasClient, CanvasError, NotFound
 from sisdropd.config import Config
 from sisdropd.files import move, sha256_or_none, write_atomic
-from sisdropd.folders import Folders, pause_flag, stored_name
+from sisdropd.folders import STATE_MODE, Folders, make_dir, pause_flag, stored_name
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import State
 from sisdropd.logs import event as log_event
@@ -153,7 +153,7 @@ def retry(journal: Journal, folders: Folders, name: str, who: str) -> Result:
 
 def pause(folders: Folders, on: bool, who: str) -> Result:
     """Stop (or restart) the taking of new files; an import in flight finishes."""
-    folders.state_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(folders.state_dir, STATE_MODE)  # 0700 whatever the umask (issue 12)
     flag = pause_flag(folders.state_dir)
     if on:
         flag.write_text(f"{who} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")

@@ -140,7 +140,10 @@ class Finisher:
     def _alert(self, rec: FileRecord, dest_state: State, dest_dir: Path) -> None:
         if self.notifier is None:
             return
-        counts = ((rec.sis_import or {}).get("data") or {}).get("counts") or {}
+        imp = rec.sis_import or {}
+        counts = (imp.get("data") or {}).get("counts") or {}
+        # Canvas's row messages name students: the notifier sends them only on request.
+        rows = {"errors": imp.get("processing_errors") or [], "warnings": imp.get("processing_warnings") or []}
         payload = {
             "file": rec.original_name,
             "import_id": rec.import_id,
@@ -151,22 +154,23 @@ class Finisher:
             "counts": counts,
         }
         if dest_state == State.FAILED:
-            self.notifier.send("failed", payload)
+            self.notifier.send("failed", payload, rows=rows)
             return
-        self.notifier.send("done", payload)
+        self.notifier.send("done", payload, rows=rows)
         if counts.get("warning_count") or counts.get("error_count") or rec.workflow_state == "imported_with_messages":
-            self.notifier.send("warnings", {**payload, "warnings": ((rec.sis_import or {}).get("processing_warnings") or [])[:25]})
+            self.notifier.send("warnings", payload, rows=rows)
 
     def _save_errors_file(self, rec: FileRecord, dest_dir: Path) -> str | None:
         """Canvas's errors file beside the file, if Canvas offers one; None when it could not be saved."""
         att = (rec.sis_import or {}).get("errors_attachment") or {}
-        url = att.get("url")
-        if not url:
+        if not att.get("url") or rec.import_id is None:
             return None
         name = f"{rec.stored_name}.errors.csv"
         log = log_event(rec.original_name, rec.import_id)
         try:
-            self.client.download(url, dest_dir / name)
+            # Asked again of Canvas: the stored URL has no verifier (canvas.strip_verifiers).
+            if self.client.download_errors_file(rec.import_id, dest_dir / name) is None:
+                return None
         except CanvasError as e:
             log.warning("could not save Canvas's errors file: {}", e.message)
             return None

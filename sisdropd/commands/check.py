@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import os
+import stat
 import time
 from pathlib import Path
 
 from sisdropd.canvas import CanvasError, client_for
 from sisdropd.commands import say
-from sisdropd.config import ConfigError, TokenError, load, read_token, resolve_path
+from sisdropd.config import Config, ConfigError, TokenError, load, read_token, resolve_path
 from sisdropd.folders import Folders
 from sisdropd.logs import add_secret
 
@@ -42,6 +44,8 @@ def check(path: Path) -> int:
             problems.append(f"{name} {folder}: not readable and writable by this user")
         else:
             say(f"ok: {name} {folder}")
+    for w in mode_warnings(cfg, folders):
+        say(f"warning: {w}")
     inbox, proc = folders.inbox, folders.processing
     if inbox.exists() and proc.exists() and inbox.stat().st_dev != proc.stat().st_dev:
         problems.append("inbox and processing are on different filesystems (a file could not be taken atomically)")
@@ -67,3 +71,68 @@ def check(path: Path) -> int:
     for p in problems:
         say(f"problem: {p}")
     return 1 if problems else 0
+
+
+INBOX_MODE = 0o3770  # the README's: group-writable, setgid (uploads get the group), sticky
+SHOWN = 3  # names shown per warning; the count says the rest
+
+
+def mode_warnings(cfg: Config, folders: Folders) -> list[str]:
+    """What the modes leave open: an inbox the uploaders cannot use safely, and anything in
+    our folders (and the log file) that every user of the host may read."""
+    out: list[str] = []
+    inbox = folders.inbox
+    fix = f"apply the README's mode: chgrp <uploaders' group> {inbox} && chmod {INBOX_MODE:o} {inbox}"
+    if not inbox.exists():
+        out.append(f"inbox {inbox} will be made 0750: uploaders cannot write there until you {fix}")
+    elif inbox.is_dir():
+        st = inbox.stat()
+        mode = stat.S_IMODE(st.st_mode)
+        why = []
+        if mode & 0o070 != 0o070:
+            why.append(f"group {_group(st.st_gid)} (the uploaders) cannot write there")
+        if not mode & stat.S_ISGID:
+            why.append("without setgid, uploads do not get the folder's group")
+        if not mode & stat.S_ISVTX:
+            why.append("without the sticky bit, one uploader can delete or replace another's file")
+        if why:
+            out.append(f"inbox {inbox} is {mode:04o}: {'; '.join(why)}; {fix}")
+    for name, folder in folders.items():
+        try:
+            st = folder.stat()
+        except OSError:
+            continue
+        if st.st_mode & 0o007:
+            out.append(f"{name} {folder} is {stat.S_IMODE(st.st_mode):04o}: open to all users; chmod o-rwx {folder}")
+        exposed = _world_readable(folder)
+        if exposed:
+            shown = ", ".join(exposed[:SHOWN]) + (f" and {len(exposed) - SHOWN} more" if len(exposed) > SHOWN else "")
+            out.append(f"{name}: {len(exposed)} readable by all users ({shown}): chmod o-rwx on them")
+    log = Path(cfg.log.file) if cfg.log.file else None
+    if log is not None and log.exists() and log.stat().st_mode & stat.S_IROTH:
+        out.append(f"log file {log} is readable by all users: chmod o-r {log}")
+    return out
+
+
+def _world_readable(folder: Path) -> list[str]:
+    """Names directly in ``folder`` that other users may read (files) or list (folders)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    out = []
+    for e in sorted(entries, key=lambda e: e.name):
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) and st.st_mode & stat.S_IROTH:
+            out.append(e.name)
+    return out
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import os
 import sys
@@ -11,6 +12,8 @@ from sisdropd import logs
 from sisdropd.commands import EXIT_FAILED, EXIT_USAGE, config_of, err, token_of
 from sisdropd.daemon import Daemon
 from sisdropd.folders import AlreadyRunning, Folders, lock
+
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 
 def _fatal(msg: str, detached: bool) -> None:
@@ -26,7 +29,20 @@ def _cannot_prepare(e: OSError) -> str:
     return f"cannot prepare the folders: {e.strerror or e}{f': {e.filename}' if e.filename else ''}"
 
 
+def not_dumpable() -> bool:
+    """prctl(PR_SET_DUMPABLE, 0): no core dump, and /proc/<pid>/environ, mem and fd of this
+    process become root's, so another process of the same user (an alert command, say)
+    cannot read the token out of it. Kept across fork (``--detach``). False where the
+    call is not available (not Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def main(args: argparse.Namespace) -> int:
+    not_dumpable()  # before the token is read
     cfg = config_of(args)
     token = token_of(cfg)
     if args.detach and not args.pidfile:

@@ -10,6 +10,7 @@ socket of our own, the way systemd would receive it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -31,6 +32,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from sisdropd import config as sisconfig
+from sisdropd import folders
+from sisdropd.commands import check
 from sisdropd.daemon import STOP_GRACE
 from tests.support import REPO, TOKEN, USERS, Drop, wait_for
 
@@ -67,6 +70,10 @@ HARDENING = {
     "AmbientCapabilities": "",
     "DevicePolicy": "closed",
     "KeyringMode": "private",
+    # Issue 12: other processes hidden, only the per-process part of /proc, no cores.
+    "ProtectProc": "invisible",
+    "ProcSubset": "pid",
+    "LimitCORE": "0",
 }
 FOLDERS = ("inbox", "processing", "done", "failed", "held")
 
@@ -295,7 +302,7 @@ def test_systemd_analyze_security_rates_it_ok(tmp_path: Path, src: Path) -> None
         pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
     m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
-    # 0 is a locked box, about 9.6 an unsandboxed root service. The units score 1.9 ("OK")
+    # 0 is a locked box, about 9.6 an unsandboxed root service. The units score 1.7 ("OK")
     # with systemd 252; newer versions weigh a few more settings, hence some room.
     assert float(m.group(1)) <= 3.0, r.stdout
 
@@ -330,7 +337,7 @@ def test_sysusers_and_tmpfiles_make_the_user_and_the_folders(tmp_path: Path) -> 
     uid, gid_sisdrop = int(user[2]), int(group["sisdrop"][2])
     want = {
         "": 0o750,
-        "inbox": 0o2770,
+        "inbox": 0o3770,
         "processing": 0o2750,
         "done": 0o2750,
         "failed": 0o2750,
@@ -358,6 +365,10 @@ def test_unit_service_settings() -> None:
     assert (one(u, "User"), one(u, "Group"), one(u, "UMask")) == ("sisdropd", "sisdropd", "0027")
     assert one(u, "StateDirectory") == "sisdropd"
     assert one(u, "LogsDirectory") == "sisdropd"
+    # The modes sisdropd gives what it makes itself (issue 12): the state dir 0700, a log
+    # folder as any other folder of ours.
+    assert int(one(u, "StateDirectoryMode"), 8) == folders.STATE_MODE == 0o700
+    assert int(one(u, "LogsDirectoryMode"), 8) == folders.FOLDER_MODE == 0o750
     assert one(u, "ReadWritePaths") == "/srv/sisdrop"
     assert one(u, "LoadCredential") == "canvas-token:/etc/sisdropd/canvas-token"
     assert one(u, "Environment") == "SISDROPD_CONFIG=/etc/sisdropd/sisdropd.toml"
@@ -472,8 +483,8 @@ def test_the_template_is_the_unit_with_the_instance_in_every_path() -> None:
     }
 
     def expected(section: str, key: str, value: str) -> str:
-        if key in ("StateDirectory", "LogsDirectory"):
-            return value + "/%i"
+        if key in ("StateDirectory", "LogsDirectory", "User", "Group", "SupplementaryGroups"):
+            return value + ("/%i" if key.endswith("Directory") else "-%i")
         if key == "Description":
             return value.replace("sisdropd:", "sisdropd (%i):")
         for a, b in per_instance.items():
@@ -490,7 +501,7 @@ def test_the_template_is_the_unit_with_the_instance_in_every_path() -> None:
     text = TEMPLATE.read_text()
     assert "%I" not in text and "%j" not in text, "one specifier, %i, throughout"
     settings = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert sum("%i" in line for line in settings) == 8
+    assert sum("%i" in line for line in settings) == 11
 
 
 def test_an_instance_config_made_as_install_says_fits_the_template() -> None:
@@ -516,8 +527,25 @@ def test_an_instance_config_made_as_install_says_fits_the_template() -> None:
     assert shlex.split(inst["ExecStart"])[-1] == f"/etc/sisdropd/{name}.toml"
     # Its drop folder, made from sisdropd.tmpfiles as INSTALL.md says, is the config's.
     tmp_text = apply_seds(TMPFILES.read_text(), install_seds(TMPFILES, name))
-    made = {line.split()[1] for line in tmp_text.splitlines() if line.startswith("d ")}
+    rows = [line.split() for line in tmp_text.splitlines() if line.startswith("d ")]
+    made = {row[1] for row in rows}
     assert made == {inst["ReadWritePaths"], *(str(cfg.folders.path(f)) for f in FOLDERS)}
+    # One user and one group per instance (issue 12): the folders are the instance user's
+    # and its uploaders' group's, the very ones the template runs as, and INSTALL.md's
+    # sysusers lines make exactly those.
+    user, group = one(t, "User").replace("%i", name), one(t, "SupplementaryGroups").replace("%i", name)
+    assert one(t, "Group").replace("%i", name) == user
+    assert {(row[3], row[4]) for row in rows} == {(user, group)}
+    assert all(int(row[2], 8) & 0o007 == 0 for row in rows), "nothing for other users"
+    heredoc = re.search(r"cat > /etc/sysusers.d/sisdropd-\$NAME.conf <<EOF\n(.*?)\nEOF\n", INSTALL.read_text(), re.S)
+    assert heredoc, "INSTALL.md makes the instance's user with a sysusers.d file"
+    sysusers = [shlex.split(line.replace("$NAME", name)) for line in heredoc.group(1).splitlines()]
+    assert sysusers == [
+        ["u", user, "-", f"sisdropd {name}", f"/var/lib/{inst['StateDirectory']}"],
+        ["g", group, "-"],
+        ["m", user, group],
+    ]
+    assert len(user) <= 31 and len(user.replace(name, "x" * 22)) <= 31, "the longest name INSTALL.md allows fits"
 
 
 def test_sysusers_and_tmpfiles_agree_with_the_unit_and_the_config() -> None:
@@ -548,6 +576,8 @@ def test_sysusers_and_tmpfiles_agree_with_the_unit_and_the_config() -> None:
     assert set(rows) == {root, *(str(cfg.folders.path(f)) for f in FOLDERS)}
     inbox = rows[str(cfg.folders.path("inbox"))]
     assert inbox & 0o2000 and inbox & 0o070 == 0o070, "inbox: setgid and group-writable"
+    assert inbox & 0o1000, "inbox: sticky, so one uploader cannot replace another's file"
+    assert inbox == check.INBOX_MODE, "what sisdropd check asks the admin for"
     assert inbox & 0o007 == 0, "nothing for other users"
     for path, mode in rows.items():
         if path != str(cfg.folders.path("inbox")):
@@ -705,6 +735,25 @@ sys.exit(3)
 """
 
 
+@contextlib.contextmanager
+def daemon_under(drop: Drop, argv: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``argv`` (a daemon started some special way) running until the block ends; then
+    SIGTERM, and it must exit 0. Killed if the block fails."""
+    log = drop.root / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, env=drop.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "watching" in log.read_text() or proc.poll() is not None, 20, what="daemon start")
+        assert proc.poll() is None, log.read_text()
+        yield proc, log
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_the_daemon_runs_with_memory_deny_write_execute(drop: Drop) -> None:
     probe = subprocess.run(
         [sys.executable, "-c", _MDWE, "-c", _PROBE], capture_output=True, text=True, timeout=30
@@ -712,30 +761,61 @@ def test_the_daemon_runs_with_memory_deny_write_execute(drop: Drop) -> None:
     if probe.returncode == 77:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
     assert probe.returncode == 0, f"W^X is not in force: {probe.returncode} {probe.stderr}"
-    log = drop.root / "daemon.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _MDWE, "-m", "sisdropd", "run", "-c", str(drop.config)],
-            env=drop.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        wait_for(
-            lambda: "watching" in log.read_text() or proc.poll() is not None,
-            20,
-            what="daemon start",
-        )
-        assert proc.poll() is None, log.read_text()
+    argv = [sys.executable, "-c", _MDWE, "-m", "sisdropd", "run", "-c", str(drop.config)]
+    with daemon_under(drop, argv) as (_proc, log):
         (drop.inbox / "users.csv").write_text(USERS)
         [done] = wait_for(lambda: drop.outcomes("done"), 20, what="users.csv in done/")
         assert drop.sidecar(done)["workflow_state"] == "imported"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     text = log.read_text()
     assert "inotify" in text and "MemoryError" not in text and "Traceback" not in text, text
+
+
+# ------------------------------------------- resources and /proc, against the real daemon
+
+
+def _size(value: str) -> int:
+    """A systemd size ("512M", "1G", "1048576") in bytes."""
+    m = re.fullmatch(r"(\d+)([KMGT]?)", value)
+    assert m, value
+    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+
+
+@pytest.mark.parametrize("src", [UNIT, TEMPLATE], ids=["unit", "template"])
+def test_the_units_bound_memory_and_tasks(src: Path) -> None:
+    u = parse_unit(src)
+    assert 256 * 2**20 <= _size(one(u, "MemoryMax")) <= 2 * 2**30
+    assert 32 <= int(one(u, "TasksMax")) <= 512
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare to mount a /proc")
+def test_the_daemon_runs_under_protect_proc_and_proc_subset_within_its_limits(drop: Drop) -> None:
+    """ProtectProc=invisible and ProcSubset=pid, as the kernel does them (a /proc mounted
+    hidepid=invisible,subset=pid in a mount namespace of its own), and the daemon's own
+    memory and threads against MemoryMax= and TasksMax=."""
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         "mount -t proc -o hidepid=invisible,subset=pid proc /proc && test ! -e /proc/sys && test -e /proc/self/status"],
+        capture_output=True, text=True, timeout=30,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a subset=pid /proc here: {probe.stderr.strip()}")
+    script = 'mount -t proc -o hidepid=invisible,subset=pid proc /proc && exec "$@"'
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+            sys.executable, "-m", "sisdropd", "run", "-c", str(drop.config)]
+    with daemon_under(drop, argv) as (proc, log):
+        (drop.inbox / "users.csv").write_text(USERS)
+        (drop.inbox / "enrollments.csv").write_text("course_id,user_id,role,status\nC1,u1,student,active\nC1,u2,student,bogus\n")
+        wait_for(lambda: len(drop.outcomes("done")) == 2, 30, what="both files in done/")
+        status = _status(proc.pid)  # the exec'd daemon: unshare and sh are gone
+        assert "sisdropd" in Path(f"/proc/{proc.pid}/cmdline").read_text()
+        u = parse_unit(UNIT)
+        peak = int(status["VmHWM"].split()[0]) * 1024
+        assert 4 * peak <= _size(one(u, "MemoryMax")), f"peak {peak >> 20} MB leaves too little room"
+        assert 4 * int(status["Threads"]) <= int(one(u, "TasksMax")), status["Threads"]
+    text = log.read_text()
+    assert "Traceback" not in text and "-> done/" in text, text
