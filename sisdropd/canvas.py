@@ -32,6 +32,7 @@ from requests.adapters import HTTPAdapter
 
 from sisdropd import __version__
 from sisdropd.logs import clean
+from sisdropd.proxy import proxy_for
 from sisdropd.upload import BLOCK, Cancelled, MultipartBody
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ class CanvasClient:
         retry_initial: float = 5.0,
         retry_max: float = 300.0,
         stop: threading.Event | None = None,
+        proxy: str | None = None,
     ) -> None:
         self.base = base_url.rstrip("/") + "/api/v1"
         self.account = f"/accounts/{quote(account_id, safe=':')}"
@@ -209,7 +211,10 @@ class CanvasClient:
             {"Authorization": f"Bearer {token}", "User-Agent": f"sisdropd/{__version__}", "Accept": "application/json"}
         )
         self._session.verify = ca_bundle or True  # TLS verification is never off
-        self._session.trust_env = False  # no proxy or netrc surprises; the token goes where we say
+        # No .netrc, no REQUESTS_CA_BUNDLE over ca_bundle: the proxy is chosen by proxy_for.
+        self._session.trust_env = False
+        self.proxy = proxy
+        self._proxies: dict[tuple[str, str], dict[str, str]] = {}
 
     def close(self) -> None:
         self._session.close()
@@ -221,12 +226,23 @@ class CanvasClient:
     def _url(self, path: str) -> str:
         return path if path.startswith("http") else self.base + path
 
+    def proxies(self, url: str) -> dict[str, str]:
+        """requests' ``proxies`` for ``url`` (``proxy_for``; worked out once per origin)."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxies:
+            proxy, _ = proxy_for(url, self.proxy)
+            self._proxies[key] = {parts.scheme: proxy} if proxy else {}
+        return self._proxies[key]
+
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
         """Send one request; return the 2xx answer or raise the classified ``CanvasError``."""
         self._pace()
         kw.setdefault("timeout", self.timeout)
+        url = self._url(path)
+        kw.setdefault("proxies", self.proxies(url))
         try:
-            resp = self._session.request(method, self._url(path), **kw)
+            resp = self._session.request(method, url, **kw)
         except requests.RequestException as e:
             raise classify(exc=e) from None
         rem = resp.headers.get("X-Rate-Limit-Remaining")
@@ -386,7 +402,7 @@ def client_for(
         initial, cap = 1.0, 5.0
     return CanvasClient(
         c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
-        retry_initial=initial, retry_max=cap, stop=stop,
+        retry_initial=initial, retry_max=cap, stop=stop, proxy=c.proxy,
     )
 
 
