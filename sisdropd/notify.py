@@ -116,6 +116,11 @@ class Notifier:
         self._proc_lock = threading.Lock()
         self._session: requests.Session | None = None
         self._host = socket.gethostname()
+        self.reconfigure(cfg)
+
+    def reconfigure(self, cfg: NotifyConfig) -> None:
+        """Deliver with ``cfg`` from the next event on (SIGHUP); the counts go on."""
+        self.cfg = cfg
         if cfg.webhook:
             parts = urlsplit(cfg.webhook)
             self._webhook_name = f"{parts.scheme}://{parts.hostname or ''}" + (
@@ -279,7 +284,8 @@ class Notifier:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k != "SISDROPD_TOKEN" and redact(v) == v and redact(k) == k
+            # systemd's NOTIFY_SOCKET/WATCHDOG_* are the daemon's: an alert must not speak for it.
+            if k not in ("SISDROPD_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID") and redact(v) == v and redact(k) == k
         }
         env.update(
             SISDROPD_EVENT=job.event,
