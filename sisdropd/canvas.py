@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -308,15 +308,19 @@ class CanvasClient:
         return self.call("GET", f"{self.account}/sis_imports/{import_id}", **kw)
 
     def list_imports(
-        self, *, created_since: str | None = None, per_page: int = 100, log: Any = None, deadline: float | None = None
+        self, *, created_since: str | None = None, per_page: int = 100, log: Any = None, deadline: float | None = None,
+        states: Sequence[str] = (),
     ) -> Iterator[dict[str, Any]]:
-        """Every import of the account, newest first, following ``Link: rel="next"``.
+        """Every import of the account (only those in ``states``, if given), newest first,
+        following ``Link: rel="next"``.
 
         Each page goes through the retry loop (until ``deadline``, if given).
         """
         params: dict[str, Any] = {"per_page": per_page}
         if created_since:
             params["created_since"] = created_since
+        if states:
+            params["workflow_state[]"] = list(states)
         url: str | None = f"{self.account}/sis_imports"
         while url:
             resp = self._retrying("GET", url, what="the list of imports", log=log, deadline=deadline, params=params)
@@ -328,7 +332,8 @@ class CanvasClient:
         return self.call("PUT", f"{self.account}/sis_imports/{import_id}/abort", **kw)
 
     def create_import(
-        self, path: Path, *, upload_name: str, params: Mapping[str, Any], fd: int | None = None
+        self, path: Path, *, upload_name: str, params: Mapping[str, Any], fd: int | None = None,
+        on_sent: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         """Post one file as a new SIS import, once. Returns Canvas's SisImport object.
 
@@ -344,7 +349,7 @@ class CanvasClient:
         with f:
             f.seek(0)
             size = os.fstat(f.fileno()).st_size
-            body = MultipartBody(f, size, upload_name, fields, ctype, self.stop)
+            body = MultipartBody(f, size, upload_name, fields, ctype, self.stop, on_sent)
             try:
                 resp = self.request(
                     "POST",
