@@ -392,7 +392,7 @@ def _check_values(cfg: Config) -> list[str]:
     bad_events = [e for e in cfg.notify.events if e not in NOTIFY_EVENTS]
     if bad_events:
         out.append(f"notify.events: unknown {bad_events} (known: {', '.join(NOTIFY_EVENTS)})")
-    if cfg.notify.webhook and urlsplit(cfg.notify.webhook).scheme not in ("http", "https"):
+    if cfg.notify.webhook and getattr(_split(cfg.notify.webhook), "scheme", None) not in ("http", "https"):
         out.append(f"notify.webhook: not an http(s) URL: {cfg.notify.webhook!r}")
     if cfg.log.level.upper() not in _LEVELS:
         out.append(f"log.level: one of {', '.join(_LEVELS)}, got {cfg.log.level!r}")
