@@ -17,6 +17,7 @@ A file already posted keeps the parameters it was posted with (the journal's
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,9 +104,10 @@ def show(key: str, value: Any) -> str:
         return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
     if key == "canvas.proxy":
         return mask_url(str(value))
-    if key.startswith("rules["):
+    if key.startswith("rules["):  # as written in TOML: a literal string, then the table
         pattern, params = value
-        return f"{pattern!r} {params}"
+        quoted = f"'{pattern}'" if "'" not in pattern else json.dumps(pattern)
+        return f"match {quoted} import {json.dumps(params, ensure_ascii=False, default=str)}"
     if isinstance(value, tuple):
         return repr(list(value))
     if isinstance(value, str):

@@ -37,7 +37,7 @@ def test_sighup_applies_live_keys_and_names_restart_ones(drop: Drop, daemon, tmp
     assert "log.level: 'INFO' -> 'DEBUG'" in lines
     assert "notify.events: ['failed', 'held', 'stale'] -> ['failed', 'done']" in lines
     assert "import.override_sis_stickiness: unset -> true" in lines
-    assert "rules[0]: unset -> 'special_(?P<n>\\\\w+)\\\\.csv' {'diffing_data_set_identifier': 'sp-{n}'}" in lines, lines
+    assert "rules[0]: unset -> match 'special_(?P<n>\\w+)\\.csv' import {\"diffing_data_set_identifier\": \"sp-{n}\"}" in lines, lines
     assert len(lines) == 7, lines  # one line per changed key, nothing else
     # The live ones apply; the folders stay (files dropped where the daemon watches are taken).
     (drop.inbox / "special_fall.csv").write_text(USERS)
