@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,6 +42,7 @@ from requests.adapters import HTTPAdapter
 
 from sisdropd import __version__
 from sisdropd.logs import clean
+from sisdropd.proxy import proxy_for
 from sisdropd.upload import BLOCK, Cancelled, MultipartBody
 
 if TYPE_CHECKING:
@@ -264,6 +265,7 @@ class CanvasClient:
         retry_max: float = 300.0,
         stop: threading.Event | None = None,
         max_download: int = DEFAULT_MAX_DOWNLOAD,
+        proxy: str | None = None,
     ) -> None:
         self.base = base_url.rstrip("/") + "/api/v1"
         origin = origin_of(self.base)
@@ -286,7 +288,10 @@ class CanvasClient:
         self._session.headers.update({"User-Agent": f"sisdropd/{__version__}", "Accept": "application/json"})
         self._token = token
         self._session.verify = ca_bundle or True  # TLS verification is never off
-        self._session.trust_env = False  # no proxy or netrc surprises; the token goes where we say
+        # No .netrc, no REQUESTS_CA_BUNDLE over ca_bundle: the proxy is chosen by proxy_for.
+        self._session.trust_env = False
+        self.proxy = proxy
+        self._proxies: dict[tuple[str, str], dict[str, str]] = {}
 
     def close(self) -> None:
         self._session.close()
@@ -297,6 +302,15 @@ class CanvasClient:
     # -- one attempt -------------------------------------------------------------------
     def _url(self, path: str) -> str:
         return path if path.startswith("http") else self.base + path
+
+    def proxies(self, url: str) -> dict[str, str]:
+        """requests' ``proxies`` for ``url`` (``proxy_for``; worked out once per origin)."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxies:
+            proxy, _ = proxy_for(url, self.proxy)
+            self._proxies[key] = {parts.scheme: proxy} if proxy else {}
+        return self._proxies[key]
 
     def request(self, method: str, path: str, *, download: bool = False, **kw: Any) -> requests.Response:
         """Send one request; return the 2xx answer or raise the classified ``CanvasError``.
@@ -315,7 +329,9 @@ class CanvasClient:
             if self._judge(url, download=download, redirected=hop > 0):
                 headers["Authorization"] = f"Bearer {self._token}"
             try:
-                resp = self._session.request(method, url, headers=headers, allow_redirects=False, **kw)
+                resp = self._session.request(
+                    method, url, headers=headers, allow_redirects=False, proxies=self.proxies(url), **kw
+                )
             except requests.RequestException as e:
                 raise classify(exc=e) from None
             rem = resp.headers.get("X-Rate-Limit-Remaining")
@@ -408,15 +424,19 @@ class CanvasClient:
         return self.call("GET", f"{self.account}/sis_imports/{import_id}", **kw)
 
     def list_imports(
-        self, *, created_since: str | None = None, per_page: int = 100, log: Any = None, deadline: float | None = None
+        self, *, created_since: str | None = None, per_page: int = 100, log: Any = None, deadline: float | None = None,
+        states: Sequence[str] = (),
     ) -> Iterator[dict[str, Any]]:
-        """Every import of the account, newest first, following ``Link: rel="next"``.
+        """Every import of the account (only those in ``states``, if given), newest first,
+        following ``Link: rel="next"``.
 
         Each page goes through the retry loop (until ``deadline``, if given).
         """
         params: dict[str, Any] = {"per_page": per_page}
         if created_since:
             params["created_since"] = created_since
+        if states:
+            params["workflow_state[]"] = list(states)
         url: str | None = f"{self.account}/sis_imports"
         while url:
             resp = self._retrying("GET", url, what="the list of imports", log=log, deadline=deadline, params=params)
@@ -435,7 +455,8 @@ class CanvasClient:
         return self.call("PUT", f"{self.account}/sis_imports/{import_id}/abort", **kw)
 
     def create_import(
-        self, path: Path, *, upload_name: str, params: Mapping[str, Any], fd: int | None = None
+        self, path: Path, *, upload_name: str, params: Mapping[str, Any], fd: int | None = None,
+        on_sent: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         """Post one file as a new SIS import, once. Returns Canvas's SisImport object.
 
@@ -451,7 +472,7 @@ class CanvasClient:
         with f:
             f.seek(0)
             size = os.fstat(f.fileno()).st_size
-            body = MultipartBody(f, size, upload_name, fields, ctype, self.stop)
+            body = MultipartBody(f, size, upload_name, fields, ctype, self.stop, on_sent)
             try:
                 resp = self.request(
                     "POST",
@@ -529,6 +550,7 @@ def client_for(
     return CanvasClient(
         c.base_url, c.account_id, token, timeout=c.timeout, ca_bundle=c.ca_bundle,
         retry_initial=initial, retry_max=cap, stop=stop, max_download=c.max_download_bytes,
+        proxy=c.proxy,
     )
 
 

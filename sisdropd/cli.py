@@ -16,14 +16,39 @@ from collections.abc import Sequence
 from sisdropd import __version__
 from sisdropd.commands import EXIT_OK, EXIT_USAGE, err
 from sisdropd.config import ConfigError, TokenError
+from sisdropd.errors import StartupError
+
+EPILOG = """\
+exit statuses:
+  0  done (run: stopped by SIGTERM/SIGINT; submit: imported)
+  1  a failure or a passing condition: an import failed, a file was rejected, nothing to
+     do; run: another daemon holds the lock or the journal is busy (systemd retries)
+  2  usage, config or set-up: a bad key, folder, log file or journal, no token, the
+     wrong user for a command that writes state (systemd does not restart on 2)
+  3  gave up waiting, or Canvas unreachable (submit, restore)
+  4  Canvas rejected the token (submit)
+
+environment:
+  SISDROPD_CONFIG         the config file when -c is not given (else /etc/sisdropd/sisdropd.toml)
+  SISDROPD_TOKEN          the Canvas API token (first choice)
+  CREDENTIALS_DIRECTORY   systemd's LoadCredential= folder: canvas-token in it (second choice;
+                          then [canvas] token_file)
+  HTTPS_PROXY, HTTP_PROXY, NO_PROXY (any case)
+                          used for a Canvas that is not on this host, unless [canvas] proxy is set
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sisdropd",
         description="Watch a drop folder and import each SIS file into Canvas, once.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"sisdropd {__version__}")
+    # Also after the command; there it wins. Its own dest: a subcommand's default (None)
+    # would otherwise overwrite a value given here.
+    p.add_argument("-c", "--config", dest="global_config", metavar="FILE", help="config file, for every command (default: $SISDROPD_CONFIG, else /etc/sisdropd/sisdropd.toml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, target: str, help: str, config: bool = True) -> argparse.ArgumentParser:
@@ -63,7 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("name", metavar="NAME", help="the original file name, or its name in held/ or failed/")
     add("pause", "control", "stop taking new files (an import in flight finishes)")
     add("resume", "control", "take new files again")
-    add("abort", "control", "abort the import in flight in Canvas")
+    sp = add("abort", "undo:abort", "abort the import in flight in Canvas; or every pending import (--all-pending)")
+    sp.add_argument(
+        "--all-pending", action="store_true",
+        help="pause the daemon, list the account's pending imports (other integrations' too) and abort them all",
+    )
+    sp.add_argument("--yes", action="store_true", help="with --all-pending: do not ask (needed without a terminal)")
+
+    sp = add("restore", "undo:restore", "undo an import in Canvas (restore_states) and follow it to the end")
+    sp.add_argument("id", type=int, metavar="ID", help="the Canvas SIS import id")
+    only = sp.add_mutually_exclusive_group()
+    only.add_argument("--undelete-only", action="store_true", help="only restore what the import deleted")
+    only.add_argument("--unconclude-only", action="store_true", help="only restore what the import concluded")
+    sp.add_argument("--batch-mode", action="store_true", help="only undo the batch-mode deletions")
 
     sp = add("fake-canvas", "demo:fake_canvas", "the bundled Canvas SIS-import simulator", config=False)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -86,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # every folder 0750, whatever umask the shell or cron had (issue 12, point 6).
     os.umask(0o027)
     args = build_parser().parse_args(argv)
+    if hasattr(args, "config"):
+        args.config = args.config or args.global_config
     module, _, function = args.target.partition(":")
     try:
         command = getattr(importlib.import_module(f"sisdropd.commands.{module}"), function or "main")
@@ -97,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenError as e:
         err(f"token: {e}")
         return EXIT_USAGE
+    except StartupError as e:
+        err(str(e))
+        return e.status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

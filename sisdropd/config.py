@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 DEFAULT_PATH = "/etc/sisdropd/sisdropd.toml"
 
@@ -38,6 +38,7 @@ class CanvasConfig:
     token_file: str | None = None
     timeout: float = 60.0
     ca_bundle: str | None = None
+    proxy: str | None = None  # "http://host:port": every Canvas request goes through it (else $HTTPS_PROXY...)
     # Backoff for retried requests (network errors, 5xx, rate limits, a rejected token).
     retry_initial: float = 5.0
     retry_max: float = 300.0
@@ -212,7 +213,9 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
                 continue
             built["import_params"] = _import_params(value, problems)
         elif key == "rules":
-            built["rules"] = _rules(value, {"import_type": "instructure_csv", **raw.get("import", {})}, problems)
+            imports = raw.get("import")  # checked on its own above; a non-table is no base
+            base = {"import_type": "instructure_csv", **(imports if isinstance(imports, dict) else {})}
+            built["rules"] = _rules(value, base, problems)
         elif key in _SECTIONS:
             if not isinstance(value, dict):
                 problems.append(f"{key}: expected a table")
@@ -352,8 +355,9 @@ def _check_values(cfg: Config) -> list[str]:
     url = cfg.canvas.base_url
     if not url:
         out.append("canvas.base_url: missing (e.g. \"https://school.instructure.com\")")
+    elif (parts := _split(url)) is None:
+        out.append(f"canvas.base_url: not a URL (a bad port or [IPv6] address): {url!r}")
     else:
-        parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             out.append(f"canvas.base_url: not an http(s) URL: {url!r}")
         elif parts.scheme == "http" and not is_loopback(parts.hostname):
@@ -395,18 +399,69 @@ def _check_values(cfg: Config) -> list[str]:
         out.append(f"notify.events: unknown {bad_events} (known: {', '.join(NOTIFY_EVENTS)})")
     if cfg.notify.webhook:
         # Named by scheme and host only: a webhook's path is often a secret itself.
-        hook = urlsplit(cfg.notify.webhook)
-        if hook.scheme not in ("http", "https") or not hook.hostname:
-            out.append(f"notify.webhook: not an https URL (it starts {hook.scheme or 'without a scheme'}:)")
+        hook = _split(cfg.notify.webhook)
+        if hook is None or hook.scheme not in ("http", "https") or not hook.hostname:
+            scheme = hook.scheme if hook is not None and hook.scheme else "without a scheme"
+            out.append(f"notify.webhook: not an https URL (it starts {scheme}:)")
         elif hook.scheme == "http" and not is_loopback(hook.hostname):
             out.append(
                 f"notify.webhook: https only (http is accepted for loopback hosts alone): use https://{hook.hostname}/..."
             )
     if cfg.log.level.upper() not in _LEVELS:
         out.append(f"log.level: one of {', '.join(_LEVELS)}, got {cfg.log.level!r}")
+    if (why := _rotation_problem(cfg.log.rotation)) is not None:
+        out.append(f"log.rotation: {why}")
+    if cfg.log.retention < 0:
+        out.append("log.retention: must not be negative")
+    proxy = cfg.canvas.proxy
+    if proxy is not None:
+        pp = _split(proxy)
+        if pp is None or pp.scheme not in ("http", "https") or not pp.hostname or pp.path not in ("", "/"):
+            out.append(f"canvas.proxy: give the proxy as http://host:port (or https://...), got {mask_url(proxy)!r}")
     if cfg.log.format not in ("text", "json"):
         out.append(f"log.format: \"text\" or \"json\", got {cfg.log.format!r}")
     return out
+
+
+def _split(url: str) -> SplitResult | None:
+    """``urlsplit(url)``, or None when it (or its port) cannot be read."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return None
+    return parts
+
+
+def _rotation_problem(value: str) -> str | None:
+    """Why loguru would refuse ``value`` as ``[log] rotation`` (None when it is fine).
+
+    Asks loguru's own parser, so what passes here is exactly what the log sink takes; the
+    default is not looked at (no loguru import for most commands). Should loguru's
+    internals move, the log sink's own refusal (``logs.setup``) still names the key.
+    """
+    if value == LogConfig.rotation:
+        return None
+    try:
+        from loguru._file_sink import FileSink
+    except ImportError:  # pragma: no cover - loguru reorganised
+        return None
+    try:
+        FileSink._make_rotation_function(value)
+    except (ValueError, TypeError):
+        return f'cannot read {value!r}: give a size ("50 MB"), an interval ("1 week"), "daily" or a time ("00:00")'
+    return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user-info (``http://user:pw@host``) replaced by ``****``."""
+    parts = _split(url)
+    if parts is None:
+        return "(not a URL)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:****@{netloc}").geturl()
 
 
 def is_loopback(host: str) -> bool:

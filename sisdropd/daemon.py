@@ -6,7 +6,8 @@ them, tells systemd how things are (``READY=1``, ``STATUS=``, ``WATCHDOG=1`` whi
 watcher and worker threads are alive, ``STOPPING=1``). SIGTERM/SIGINT: nothing new is
 taken, the worker stops at its next checkpoint (an upload in progress is cut off; the
 journal says POSTING, and the next start looks in Canvas before posting again), and the
-process exits 0 within 10 seconds. SIGHUP reopens the log file.
+process exits 0 within 10 seconds. SIGHUP reopens the log file and re-reads the config
+(``reload``: what can change live is applied, one log line per changed key).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import time
 
 from loguru import logger
 
-from sisdropd import __version__, recovery
+from sisdropd import __version__, config, importer, logs, recovery, reload, startup
 from sisdropd.canvas import client_for
-from sisdropd.config import Config
-from sisdropd.folders import Folders, lock, pause_flag
+from sisdropd.config import Config, ConfigError
+from sisdropd.folders import Folders, pause_flag
 from sisdropd.intake import Intake
-from sisdropd.journal import Journal
 from sisdropd.logs import reopen
 from sisdropd.metrics import Metrics
 from sisdropd.notify import Notifier
@@ -60,9 +60,9 @@ class Daemon:
         self.tick = threading.Event()  # SIGUSR1 from an operator command: act now
         self.paused = threading.Event()
         self.folders = Folders.of(cfg)
-        self.folders.make()
-        self._lock = lock(self.folders.state_dir)
-        self.journal = Journal(self.folders.state_dir)
+        startup.make_folders(cfg, self.folders)  # each problem an errors.StartupError, one line
+        self._lock = startup.take_lock(cfg, self.folders.state_dir)
+        self.journal = startup.open_journal(cfg, self.folders.state_dir)
         self.client = client_for(cfg, token, stop=self.stop)
         self.notifier = Notifier(cfg.notify, ca_bundle=cfg.canvas.ca_bundle)
         self.metrics = Metrics(cfg.metrics.textfile)
@@ -125,6 +125,7 @@ class Daemon:
             if self.hup.is_set():
                 self.hup.clear()
                 reopen()
+                self.reload()
             status = self.worker.snapshot()
             if status != last_status:
                 sd_notify("STATUS=" + status)
@@ -134,6 +135,36 @@ class Daemon:
             self.watch_stuck()
             self.publish()
         return self.shutdown()
+
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP): log each changed key, apply the live ones.
+
+        An invalid file is one error line, and the running config stays.
+        """
+        path = self.cfg.source
+        try:
+            new = config.load(path)
+        except ConfigError as e:
+            logger.error("reload: {} is invalid; keeping the running config: {}", path, "; ".join(e.problems))
+            return
+        found = reload.changes(self.cfg, new)
+        if not found:
+            logger.info("reload: {}: no change", path)
+            return
+        for change in found:
+            (logger.info if change.live else logger.warning)("reload: {}", reload.describe(change))
+        self.apply(reload.merged(self.cfg, new))
+
+    def apply(self, cfg: Config) -> None:
+        """Run with ``cfg`` from now on (keys that need a restart must be as they were)."""
+        old, self.cfg = self.cfg, cfg
+        self.worker.cfg = self.worker.finisher.cfg = self.intake.cfg = cfg
+        self.intake.extensions, self.intake.marker = cfg.watch.extensions, cfg.watch.marker
+        self.watcher.settle, self.watcher.rescan_interval = cfg.watch.settle_seconds, cfg.watch.rescan_interval
+        self.notifier.reconfigure(cfg.notify)
+        if (old.log.level, old.log.format) != (cfg.log.level, cfg.log.format):
+            logs.relevel(cfg.log.level, cfg.log.format)
+        self.watcher.poke()
 
     def operator_requests(self) -> None:
         """Log each operator command since the last tick, follow pause/resume, wake the threads."""
@@ -187,11 +218,15 @@ class Daemon:
         if not self.cfg.metrics.textfile:
             return
         m = self.metrics
-        by_state, by_ws = self.journal.totals()
+        by_state, _ = self.journal.totals()
+        # Counters from events (entering an outcome), never from current states: a retry or
+        # a release must not make one fall.
+        outcomes, ended = self.journal.outcome_totals()
         for outcome in ("done", "failed", "held", "lost"):
-            m.set("sisdropd_files_total", by_state.get(outcome, 0), {"outcome": outcome})
-        for ws, n in by_ws.items():
-            m.set("sisdropd_imports_total", n, {"state": ws})
+            m.set("sisdropd_files_total", outcomes.get(outcome, 0), {"outcome": outcome})
+        for ws, n in ended.items():
+            if ws in importer.FINAL_STATES:
+                m.set("sisdropd_imports_total", n, {"state": ws})
         for cause, n in self.client.retries.items():
             m.set("sisdropd_retries_total", n, {"cause": cause})
         m.set("sisdropd_notifications_failed_total", self.notifier.failures)

@@ -76,6 +76,8 @@ def make_dir(path: Path, mode: int) -> None:
         # mkdir's mode passes through the umask; chmod does not. A setgid bit inherited
         # from the parent (the uploaders' group for what is made in it) is kept.
         os.chmod(p, mode | (os.stat(p).st_mode & stat.S_ISGID))
+    if not path.is_dir():  # a file (or a link to one) where the folder should be
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
 
 
 def stored_name(original: str, now: datetime | None = None) -> str:

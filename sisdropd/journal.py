@@ -26,7 +26,7 @@ from loguru import logger
 from sisdropd.folders import STATE_MODE, journal_file, make_dir
 from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, State, check
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS files (
     last_error TEXT,
     guard_accepted INTEGER NOT NULL DEFAULT 0,
     guard TEXT,
+    import_params TEXT,
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
@@ -67,8 +68,10 @@ CREATE TABLE IF NOT EXISTS events (
     at TEXT NOT NULL,
     from_state TEXT,
     to_state TEXT NOT NULL,
-    note TEXT
+    note TEXT,
+    workflow_state TEXT
 );
+CREATE INDEX IF NOT EXISTS events_to_state ON events(to_state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS datasets (
     key TEXT PRIMARY KEY,
@@ -90,10 +93,27 @@ CREATE TABLE IF NOT EXISTS requests (
 _MIGRATIONS = (
     ("files", "guard_accepted", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "guard", "TEXT"),
+    # The parameters a file was posted with, fixed at the post (a reload never changes them).
+    ("files", "import_params", "TEXT"),
+    # Canvas's state when a file's import ended: imports_total counts events, not rows.
+    ("events", "workflow_state", "TEXT"),
 )
 
-_JSON_COLUMNS = ("members", "counts", "sis_import", "problems", "guard")
+_JSON_COLUMNS = ("members", "counts", "sis_import", "problems", "guard", "import_params")
 _QUEUE_ORDER = "mtime, original_name, id"  # the contract's point 3 (served by files_queue)
+
+
+def _backfill_event_states(db: sqlite3.Connection) -> None:
+    """A journal from before events had workflow_state: an ended import's FINISHING event
+    carried Canvas's final state as its note (``outcome.decide``); copy it over, so the
+    metrics' totals do not fall with the upgrade."""
+    from sisdropd.importer import FINAL_STATES
+
+    marks = ",".join("?" for _ in FINAL_STATES)
+    db.execute(
+        f"UPDATE events SET workflow_state = note WHERE to_state = 'finishing' AND note IN ({marks})",
+        tuple(sorted(FINAL_STATES)),
+    )
 
 
 def utcnow() -> str:
@@ -132,6 +152,7 @@ class FileRecord:
     last_error: str | None
     guard_accepted: int
     guard: dict[str, Any] | None
+    import_params: dict[str, Any] | None
     updated: float
 
     @classmethod
@@ -178,6 +199,8 @@ class Journal:
                 have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                    if (table, column) == ("events", "workflow_state"):
+                        _backfill_event_states(db)
             db.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -276,6 +299,29 @@ class Journal:
                 self._db.execute(
                     "SELECT workflow_state, COUNT(*) FROM files WHERE import_id IS NOT NULL"
                     " AND workflow_state IS NOT NULL AND state IN ('done', 'failed') GROUP BY workflow_state"
+                ).fetchall()
+            )
+        return by_state, by_ws
+
+    def outcome_totals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Outcomes as events over all time: how often a file entered done, failed, held or
+        lost, and how often an import ended (a FINISHING event) by Canvas workflow_state.
+
+        Counted from the events table, never from rows' current states, so the counts only
+        ever rise: a retry (failed -> queued) or a release (held -> queued) adds an event
+        and takes none away, and a restart reads the same numbers again.
+        """
+        with self._lock:
+            by_state = dict(
+                self._db.execute(
+                    "SELECT to_state, COUNT(*) FROM events WHERE to_state IN ('done', 'failed', 'held', 'lost')"
+                    " GROUP BY to_state"
+                ).fetchall()
+            )
+            by_ws = dict(
+                self._db.execute(
+                    "SELECT workflow_state, COUNT(*) FROM events WHERE to_state = 'finishing'"
+                    " AND workflow_state IS NOT NULL GROUP BY workflow_state"
                 ).fetchall()
             )
         return by_state, by_ws
@@ -390,8 +436,8 @@ class Journal:
                 f"UPDATE files SET {sets} WHERE id = ?", (*vals, str(new), time.time(), file_id)
             )
             db.execute(
-                "INSERT INTO events(file_id, at, from_state, to_state, note) VALUES (?, ?, ?, ?, ?)",
-                (file_id, utcnow(), str(old), str(new), note or None),
+                "INSERT INTO events(file_id, at, from_state, to_state, note, workflow_state) VALUES (?, ?, ?, ?, ?, ?)",
+                (file_id, utcnow(), str(old), str(new), note or None, fields.get("workflow_state")),
             )
         rec = self.get(file_id)
         logger.bind(file=rec.original_name, import_id=rec.import_id, state=str(new)).debug(

@@ -11,6 +11,7 @@ Callers bind the context: ``event(file="users.csv", import_id=4821).info("posted
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,6 +21,8 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
+
+from sisdropd.errors import StartupError
 
 if TYPE_CHECKING:
     from loguru import Logger, Record
@@ -44,6 +47,7 @@ _PRIORITY = {
     "CRITICAL": 2,
 }
 _file_sink: dict[str, Any] = {}
+_installed: dict[str, Any] = {}  # what setup() was last given, for relevel()
 
 
 def add_secret(value: str | None) -> None:
@@ -133,15 +137,22 @@ def _json_format(_record: Record) -> str:
     return "{extra[json]}\n"
 
 
+def _json_journald_format(_record: Record) -> str:
+    # journald reads the "<N>" prefix as the priority (journalctl -p err) and strips it.
+    return "<{extra[priority]}>{extra[json]}\n"
+
+
 def setup(cfg: LogConfig | None = None, *, stream: Any = None) -> None:
     """Install the sinks for ``cfg`` (defaults: INFO, text, stderr only). Idempotent."""
     logger.remove()
     _file_sink.clear()
+    _installed.update(cfg=cfg, stream=stream)
     level = (cfg.level if cfg else "INFO").upper()
     fmt = cfg.format if cfg else "text"
     logger.configure(patcher=_patch, extra={"file": None, "import_id": None})
     journald = stream is None and _under_journald()
-    stream_fmt: Any = _json_format if fmt == "json" else _text_format(not journald, journald)
+    json_fmt = _json_journald_format if journald else _json_format
+    stream_fmt: Any = json_fmt if fmt == "json" else _text_format(not journald, journald)
     logger.add(
         stream or sys.stderr,
         level=level,
@@ -165,7 +176,25 @@ def setup(cfg: LogConfig | None = None, *, stream: Any = None) -> None:
                 encoding="utf-8",
             ),
         )
-        _file_sink["id"] = logger.add(cfg.file, **_file_sink["kwargs"])
+        try:
+            _file_sink["id"] = logger.add(cfg.file, **_file_sink["kwargs"])
+        except OSError as e:
+            _file_sink.clear()
+            raise StartupError(
+                f"log.file: cannot open {cfg.file} ({e.strerror or e}): make its folder writable by "
+                "the daemon's user, or change [log] file"
+            ) from None
+        except (ValueError, TypeError) as e:  # config.load checks rotation; this is the backstop
+            _file_sink.clear()
+            raise StartupError(f"log.rotation/log.retention: {e}") from None
+
+
+def relevel(level: str, fmt: str) -> None:
+    """The sinks of the last ``setup`` again, with a new level and format (SIGHUP)."""
+    cfg = _installed.get("cfg")
+    if cfg is None:
+        return
+    setup(dataclasses.replace(cfg, level=level, format=fmt), stream=_installed.get("stream"))
 
 
 def reopen() -> None:

@@ -63,6 +63,7 @@ from sisdropd.logs import clean, redact
 MAX_QUEUED = 1000
 WITHHELD = "[Canvas's row message: in the sidecar]"  # stands for a row text cut out of a reason
 _CREDENTIAL_VARS = ("SISDROPD_TOKEN", "CREDENTIALS_DIRECTORY")
+_SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def without_rows(reason: str, rows: dict[str, Any]) -> str:
@@ -145,6 +146,11 @@ class Notifier:
         self._proc_lock = threading.Lock()
         self._session: requests.Session | None = None
         self._host = socket.gethostname()
+        self.reconfigure(cfg)
+
+    def reconfigure(self, cfg: NotifyConfig) -> None:
+        """Deliver with ``cfg`` from the next event on (SIGHUP); the counts go on."""
+        self.cfg = cfg
         if cfg.webhook:
             parts = urlsplit(cfg.webhook)
             self._webhook_name = f"{parts.scheme}://{parts.hostname or ''}" + (
@@ -318,7 +324,9 @@ class Notifier:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in _CREDENTIAL_VARS and redact(v) == v and redact(k) == k and not (creds and creds in v)
+            # systemd's NOTIFY_SOCKET/WATCHDOG_* are the daemon's: an alert must not speak for it.
+            if k not in _CREDENTIAL_VARS and k not in _SYSTEMD_VARS
+            and redact(v) == v and redact(k) == k and not (creds and creds in v)
         }
         env.update(
             SISDROPD_EVENT=job.event,

@@ -146,7 +146,7 @@ def retry(journal: Journal, folders: Folders, name: str, who: str) -> Result:
         rec.id, State.QUEUED, f"retried by {who} (was failed/{rec.stored_name})", stored_name=new,
         import_id=None, workflow_state=None, progress=None, sis_import=None, upload_name=None, members=None,
         outcome=None, outcome_reason=None, problems=None, errors_file=None, posted_at=None, post_started=None,
-        finished_at=None, next_attempt=0, last_error=None,
+        finished_at=None, next_attempt=0, last_error=None, import_params=None,
     )
     return Result(True, f"retrying: {rec.original_name} is queued (its old sidecar stays in failed/)")
 

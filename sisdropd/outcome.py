@@ -66,7 +66,7 @@ def sidecar(cfg: Config, rec: FileRecord, errors_file: str | None) -> bytes:
         "posted_at": rec.posted_at,
         "finished_at": rec.finished_at or utcnow(),
         "upload_name": rec.upload_name,
-        "import_params": cfg.params_for(rec.original_name),
+        "import_params": rec.import_params if rec.import_params is not None else cfg.params_for(rec.original_name),
         "guard": rec.guard,
         "local_counts": rec.counts,
         "canvas_counts": ((rec.sis_import or {}).get("data") or {}).get("counts"),
@@ -122,7 +122,7 @@ class Finisher:
         self.backoff.reset()
         rec = self.journal.transition(rec.id, dest_state, "moved", errors_file=errors_file)
         if dest_state == State.DONE and rec.counts:
-            params = self.cfg.params_for(rec.original_name)
+            params = rec.import_params or self.cfg.params_for(rec.original_name)
             self.journal.set_dataset_counts(guard.dataset_key(self.cfg.guard, rec.original_name, params), rec.counts, rec.id)
         took = ""
         if rec.post_started and rec.sis_import:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO
 
 from sisdropd.crashpoint import crashpoint
@@ -32,9 +32,10 @@ class MultipartBody:
 
     def __init__(
         self, f: IO[bytes], size: int, filename: str, fields: Mapping[str, str], content_type: str,
-        stop: threading.Event | None = None,
+        stop: threading.Event | None = None, on_sent: Callable[[int, int], None] | None = None,
     ) -> None:
         self.stop = stop
+        self.on_sent = on_sent  # (file bytes sent, file size) after each block: a progress display
         self.boundary = "sisdropd-" + uuid.uuid4().hex
         b = self.boundary
         head = "".join(
@@ -81,6 +82,8 @@ class MultipartBody:
                 continue
             self._file_left -= len(chunk)
             self.sent += len(chunk)
+            if self.on_sent is not None:
+                self.on_sent(self.sent, self._size)
             if not self._half and self.sent * 2 >= self._size:
                 self._half = True
                 crashpoint("uploading")

@@ -160,7 +160,8 @@ class Worker:
             log.error("the file vanished from processing/ before it was posted; record closed")
             return
         w = self.cfg.watch
-        params = self.cfg.params_for(rec.original_name)
+        # Fixed in the journal at the first post: a reload (SIGHUP) never changes a re-post.
+        params = rec.import_params or self.cfg.params_for(rec.original_name)
         report = preflight.check_path(
             path,
             name=rec.original_name,
@@ -192,7 +193,7 @@ class Worker:
         rec = self.journal.transition(
             rec.id, State.POSTING, "posting", upload_name=upload, members=members,
             counts=report.counts, sha256=report.sha256 or sha256_of(path), size=report.size,
-            post_started=time.time(), attempts=rec.attempts + 1,
+            post_started=time.time(), attempts=rec.attempts + 1, import_params=params,
         )
         crashpoint("before_post")
         self._post(rec)
@@ -213,7 +214,7 @@ class Worker:
 
     def _post(self, rec: FileRecord) -> None:
         log = self._log(rec)
-        params = self.cfg.params_for(rec.original_name)
+        params = rec.import_params or self.cfg.params_for(rec.original_name)
         log.info("posting {} bytes as {} ({})", rec.size, rec.upload_name, ", ".join(f"{k}={v}" for k, v in params.items()))
         started = time.monotonic()
         try:

@@ -3,6 +3,7 @@ process, and a check that no test leaves a thread running. Helpers are in tests/
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,18 @@ from sisdropd.simulator import FakeCanvas
 from tests.support import TOKEN, DaemonProcess, Drop
 
 THREAD_GRACE = 3.0  # seconds a thread that is ending may take after its test
+WORKERS_PER_CORE = 4  # the suite mostly waits (subprocesses, timers, the simulator): see below
+
+
+def pytest_xdist_auto_num_workers(config: Any) -> int:
+    """``-n auto`` (pyproject's addopts): ``$PYTEST_XDIST_AUTO_NUM_WORKERS`` if set, else
+    ``WORKERS_PER_CORE`` per core. Most tests wait on real processes and timers, so more
+    workers than cores help. The whole suite on 2 shared cores (about 540 tests): -n 2 296 s,
+    -n 4 169 s, -n 8 138 s; so 4 per core."""
+    given = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return WORKERS_PER_CORE * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 @pytest.fixture

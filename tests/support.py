@@ -245,3 +245,46 @@ class Rig:
         self.stop.set()
         self.client.close()
         self.journal.close()
+
+
+def run_in_pty(
+    args: list[str], env: dict[str, str], *, answer: str | None = None, prompt: str = "", timeout: float = 60,
+) -> tuple[int, str]:
+    """Run ``sisdropd ARGS`` with stdin, stdout and stderr on a real pseudo-terminal; return its
+    exit status and everything it wrote there (``\\r\\n`` as the terminal got it). When
+    ``answer`` is given, it is typed once ``prompt`` has appeared."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sisdropd", *args], env={**env, "TERM": "xterm"}, stdin=slave, stdout=slave,
+        stderr=slave, close_fds=True, start_new_session=True,
+    )
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer has closed the terminal
+                    break
+                if not data:
+                    break
+                out += data
+                if answer is not None and prompt.encode() in out:
+                    os.write(master, answer.encode() + b"\n")
+                    answer = None
+            elif proc.poll() is not None and not select.select([master], [], [], 0.2)[0]:
+                break
+        else:
+            raise AssertionError(f"sisdropd {args} still running after {timeout}s: {out!r}")
+        return proc.wait(10), out.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)

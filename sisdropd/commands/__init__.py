@@ -9,9 +9,14 @@ missing token, unreadable file) are one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import pwd
+import shlex
 import sys
+from pathlib import Path
 
 from sisdropd.config import Config, load, read_token, resolve_path
+from sisdropd.errors import StartupError
 from sisdropd.logs import add_secret, clean
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GAVE_UP, EXIT_TOKEN = 0, 1, 2, 3, 4
@@ -40,3 +45,27 @@ def token_of(cfg: Config) -> str:
     token, _ = read_token(cfg)
     add_secret(token)
     return token
+
+
+def as_state_owner(cfg: Config) -> None:
+    """Refuse to write state (the journal, the pause flag, files moved between folders) as a
+    user other than the state folder's owner: root would leave files behind that the daemon,
+    running as its own user, cannot change. Raises ``StartupError`` (exit 2) whose line is
+    the command to run instead (``sudo -u <owner> sisdropd ...``). Reading needs no check.
+    """
+    state_dir = cfg.folders.path("state_dir")
+    probe = next((p for p in (state_dir, *state_dir.parents) if p.exists()), Path("/"))
+    uid = probe.stat().st_uid
+    if uid == os.geteuid():
+        return
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = f"#{uid}"
+    argv = sys.argv[1:]
+    if not {"-c", "--config"} & set(argv) and not any(a.startswith("--config=") for a in argv):
+        argv = ["-c", cfg.source, *argv]
+    raise StartupError(
+        f"{probe} belongs to {owner}: run this as its owner, so that the daemon can still change what it "
+        f"writes: sudo -u {shlex.quote(owner)} {shlex.join(['sisdropd', *argv])}"
+    )

@@ -9,11 +9,22 @@ import stat
 import time
 from pathlib import Path
 
+from sisdropd import startup
 from sisdropd.canvas import CanvasError, client_for
 from sisdropd.commands import say
-from sisdropd.config import Config, ConfigError, TokenError, load, read_token, resolve_path
+from sisdropd.config import (
+    Config,
+    ConfigError,
+    TokenError,
+    load,
+    mask_url,
+    read_token,
+    resolve_path,
+)
+from sisdropd.errors import StartupError
 from sisdropd.folders import Folders
 from sisdropd.logs import add_secret
+from sisdropd.proxy import proxy_for
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +60,19 @@ def check(path: Path) -> int:
     inbox, proc = folders.inbox, folders.processing
     if inbox.exists() and proc.exists() and inbox.stat().st_dev != proc.stat().st_dev:
         problems.append("inbox and processing are on different filesystems (a file could not be taken atomically)")
+    if cfg.log.file:
+        log = Path(cfg.log.file)
+        target = log if log.exists() else next((p for p in log.parents if p.exists()), Path("/"))
+        if os.access(target, os.W_OK | (0 if target == log else os.X_OK)):
+            say(f"ok: log file {log}")
+        else:
+            problems.append(f"log.file {log}: {target} is not writable by this user")
+    try:
+        startup.check_files(cfg)
+    except StartupError as e:
+        problems.append(str(e))
+    proxy, why = proxy_for(cfg.canvas.base_url, cfg.canvas.proxy)
+    say(f"ok: proxy {mask_url(proxy)} (from {why})" if proxy else f"ok: no proxy ({why})")
     try:
         token, where = read_token(cfg)
         add_secret(token)

@@ -15,7 +15,7 @@ import signal
 
 from sisdropd import operator
 from sisdropd.canvas import client_for
-from sisdropd.commands import config_of, say, token_of
+from sisdropd.commands import as_state_owner, config_of, say, token_of
 from sisdropd.config import Config
 from sisdropd.folders import Folders, lock_holder
 from sisdropd.journal import Journal
@@ -52,6 +52,7 @@ def _report(folders: Folders, journal: Journal, command: str, name: str | None, 
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_of(args)
+    as_state_owner(cfg)  # writes the journal or the pause flag: as the daemon's user only
     token = token_of(cfg) if args.command == "abort" else None
     return run(cfg, args.command, getattr(args, "name", None), token)
 

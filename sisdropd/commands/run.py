@@ -1,4 +1,10 @@
-"""``sisdropd run [--detach --pidfile PATH]``: the daemon, in the foreground or detached."""
+"""``sisdropd run [--detach --pidfile PATH]``: the daemon.
+
+Start-up problems are one line on stderr (and in the log file when detached), never a
+traceback: exit 2 for what an admin must fix (config, folders, log file, journal), 1 for
+a passing condition (another daemon holds the lock, the journal is busy). See
+``sisdropd.errors`` and ``sisdropd.startup``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,11 @@ import dataclasses
 import os
 import sys
 
-from sisdropd import logs
-from sisdropd.commands import EXIT_FAILED, EXIT_USAGE, config_of, err, token_of
+from sisdropd import logs, startup
+from sisdropd.commands import EXIT_USAGE, config_of, err, token_of
 from sisdropd.daemon import Daemon
-from sisdropd.folders import AlreadyRunning, Folders, lock
+from sisdropd.errors import StartupError
+from sisdropd.folders import Folders
 
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
@@ -23,10 +30,6 @@ def _fatal(msg: str, detached: bool) -> None:
 
         logger.error("{}", msg)
     err(msg)
-
-
-def _cannot_prepare(e: OSError) -> str:
-    return f"cannot prepare the folders: {e.strerror or e}{f': {e.filename}' if e.filename else ''}"
 
 
 def not_dumpable() -> bool:
@@ -43,23 +46,23 @@ def not_dumpable() -> bool:
 
 def main(args: argparse.Namespace) -> int:
     not_dumpable()  # before the token is read
-    cfg = config_of(args)
-    token = token_of(cfg)
+    if args.pidfile and not args.detach:
+        err("--pidfile is for --detach (under systemd, run in the foreground: the unit tracks the process)")
+        return EXIT_USAGE
     if args.detach and not args.pidfile:
         err("--detach needs --pidfile PATH")
         return EXIT_USAGE
+    cfg = config_of(args)
+    token = token_of(cfg)
+    startup.check_files(cfg)
     if args.detach:
         # Refuse here, on the terminal that asked, what would make the detached child exit.
-        try:
-            folders = Folders.of(cfg)
-            folders.make()
-            lock(folders.state_dir).close()
-        except AlreadyRunning as e:
-            err(str(e))
-            return EXIT_FAILED
-        except OSError as e:
-            err(_cannot_prepare(e))
-            return EXIT_USAGE
+        folders = Folders.of(cfg)
+        startup.make_folders(cfg, folders)
+        startup.take_lock(cfg, folders.state_dir).close()
+        startup.check_pidfile(args.pidfile)
+        if cfg.log.file:
+            startup.check_log_file(cfg)
         from sisdropd.commands.detach import detach
 
         detach(cfg, args.pidfile)
@@ -69,12 +72,9 @@ def main(args: argparse.Namespace) -> int:
     logs.setup(cfg.log)
     try:
         daemon = Daemon(cfg, token)
-    except AlreadyRunning as e:
+    except StartupError as e:
         _fatal(str(e), args.detach)
-        return EXIT_FAILED
-    except OSError as e:
-        _fatal(_cannot_prepare(e), args.detach)
-        return EXIT_USAGE
+        return e.status
     daemon.install_signals()
     code = daemon.run()
     if daemon.worker_thread.is_alive():  # stuck in a blocking call: the journal has its place

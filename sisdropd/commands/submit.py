@@ -29,23 +29,39 @@ from sisdropd.commands import (
     EXIT_OK,
     EXIT_TOKEN,
     config_of,
-    say,
     token_of,
+)
+from sisdropd.commands import (
+    say as say_line,
 )
 from sisdropd.config import Config
 from sisdropd.logs import event as log_event
 from sisdropd.logs import redact
+from sisdropd.progress import Progress
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     token = token_of(cfg)
-    logs.setup(cfg.log)
-    return submit(cfg, token, Path(args.file), wait=not args.no_wait, as_json=args.json)
+    # On a terminal (and not --json): one self-rewriting progress line on stdout.
+    shown = Progress.on(sys.stdout, Path(args.file).name, enabled=not args.json)
+    logs.setup(cfg.log, stream=shown.log_stream(sys.stderr))
+    return submit(cfg, token, Path(args.file), wait=not args.no_wait, as_json=args.json, shown=shown)
 
 
-def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: bool = False) -> int:
-    """Run one file through Canvas; returns the exit status of the contract."""
+def submit(
+    cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: bool = False, shown: Progress | None = None,
+) -> int:
+    """Run one file through Canvas; returns the exit status of the contract.
+
+    ``shown`` is the progress line (``progress.Progress``); inert when not given.
+    """
+    shown = shown or Progress(None)
+
+    def say(line: str) -> None:  # every line of ours first takes the progress line away
+        shown.clear()
+        say_line(line)
+
     log = log_event(path.name)
     w = cfg.watch
     report = preflight.check_path(
@@ -66,7 +82,7 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
     try:
         log.info("posting {} bytes as {}", report.size, upload)
         try:
-            imp = client.create_import(path, upload_name=upload, params=cfg.import_params)
+            imp = client.create_import(path, upload_name=upload, params=cfg.import_params, on_sent=shown.upload)
         except Retryable as e:
             log.warning("post failed ({}); looking for it in Canvas", e.message)
             members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
@@ -81,10 +97,15 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
         import_id = int(imp["id"])
         log = log_event(path.name, import_id)
         log.info("posted: import {}", import_id)
+        shown.canvas(imp)
         if not wait:
+            shown.clear()
             say(f"posted: import {import_id} ({imp.get('workflow_state')})")
             return EXIT_OK
-        final_imp, final = importer.follow(client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log)
+        final_imp, final = importer.follow(
+            client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log, on_update=shown.canvas,
+        )
+        shown.clear()
         if not final:
             state = (final_imp or {}).get("workflow_state")
             if w.abort_on_timeout:
@@ -114,5 +135,6 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
         say(f"gave up: Canvas unreachable ({getattr(e, 'message', e)})")
         return EXIT_GAVE_UP
     finally:
+        shown.clear()
         client.close()
         sys.stdout.flush()

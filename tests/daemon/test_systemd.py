@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -819,3 +820,47 @@ def test_the_daemon_runs_under_protect_proc_and_proc_subset_within_its_limits(dr
         assert 4 * int(status["Threads"]) <= int(one(u, "TasksMax")), status["Threads"]
     text = log.read_text()
     assert "Traceback" not in text and "-> done/" in text, text
+
+
+# ------------------------------------------------------- start limit and OnFailure (issue 14)
+
+FAILURE = SYSTEMD / "sisdropd-failure@.service"
+
+
+@pytest.mark.parametrize("src", [UNIT, TEMPLATE], ids=["unit", "template"])
+def test_restarts_end_and_exit_2_is_never_restarted(src: Path) -> None:
+    u = parse_unit(src)
+    assert one(u, "RestartPreventExitStatus") == "2"
+    # A passing exit 1 (lock held, journal busy) or a crash loop ends: at most 5 starts in 10 minutes.
+    assert seconds(one(u, "StartLimitIntervalSec", "Unit")) == 600
+    assert int(one(u, "StartLimitBurst", "Unit")) == 5
+    assert 5 * seconds(one(u, "RestartSec")) < 600
+    # The OnFailure= example, ready to uncomment, names the shipped alert template.
+    assert "#OnFailure=sisdropd-failure@%N.service" in src.read_text().splitlines()
+
+
+def test_the_failure_template_sends_a_down_event_as_json() -> None:
+    u = parse_unit(FAILURE)
+    assert one(u, "Type") == "oneshot" and one(u, "DynamicUser") == "yes"
+    doc = json.loads(one(u, "StandardInputText").replace("%i", "sisdropd@acme").replace("%H", "sis1"))
+    assert doc["event"] == "down" and doc["unit"] == "sisdropd@acme" and "journalctl -u sisdropd@acme" in doc["reason"]
+    assert "SISDROPD_EVENT=down" in one(u, "Environment").split()
+    assert one(u, "ExecStart").startswith("/usr/local/bin/sis-alert")
+    install = INSTALL.read_text()
+    assert "sisdropd-failure@.service /etc/systemd/system/" in install and "OnFailure=sisdropd-failure@%N.service" in install
+
+
+@needs_analyze
+@pytest.mark.parametrize("src, name", [(UNIT, "sisdropd.service"), (TEMPLATE, "sisdropd@acme.service")], ids=["unit", "instance"])
+def test_verify_with_on_failure_switched_on(tmp_path: Path, src: Path, name: str) -> None:
+    copy = _verifiable_copy(src, tmp_path, _real_sisdropd(tmp_path))
+    copy.write_text(copy.read_text().replace("#OnFailure=", "OnFailure="))
+    (tmp_path / FAILURE.name).write_text(FAILURE.read_text().replace("/usr/local/bin/sis-alert", shutil.which("true") or "/bin/true"))
+    if name != copy.name:
+        (tmp_path / name).symlink_to(copy.name)
+    failure = f"sisdropd-failure@{name.removesuffix('.service')}.service"
+    (tmp_path / failure).symlink_to(FAILURE.name)
+    for unit in (name, failure):
+        problems, r = verify_problems(tmp_path / unit, unit)
+        assert not problems, "\n".join(problems)
+        assert r.returncode == 0, r.stdout + r.stderr
