@@ -420,7 +420,14 @@ class Notifier:
             return f"{where}: refused, a webhook must be https (the event holds file names and reasons)"
         if self._session is None:
             self._session = requests.Session()
-            self._session.trust_env = False  # no .netrc credentials, no proxy surprises
+            # No .netrc credentials and no REQUESTS_CA_BUNDLE over ca_bundle; the proxy, if
+            # any, is the environment's for a webhook off this host (as for Canvas).
+            self._session.trust_env = False
+            from sisdropd.proxy import proxy_for
+
+            proxy, _ = proxy_for(self.cfg.webhook or "", None)
+            if proxy:
+                self._session.proxies = {parts.scheme: proxy}
         for attempt in (1, 2):
             retry = False
             try:

@@ -145,3 +145,48 @@ def test_environment_proxy_carries_a_remote_canvas_and_no_proxy_excludes_it(
     r = drop.cli("check", "-c", str(drop.config), env={**env, "NO_PROXY": "example.edu,10.0.0.0/8"})
     assert r.returncode == 0 and f"ok: proxy {proxy.url} (from $HTTPS_PROXY)" in r.stdout, r.stdout
     assert len(proxy.entries()) > seen
+
+
+def test_a_remote_webhook_goes_through_the_environment_proxy_and_never_reads_netrc(
+    tmp_path: Path, ca: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The webhook's session is as explicit as Canvas's: $HTTPS_PROXY for a host that is not
+    this one, and no .netrc (whose Basic credentials would replace nothing, but leak)."""
+    import http.server
+    import threading
+
+    from sisdropd.config import NotifyConfig
+    from sisdropd.notify import Notifier
+
+    got: list[tuple[str, str | None, bytes]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((self.path, self.headers.get("Authorization"), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    serving = threading.Thread(target=hook.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    ca_pem, crt, key = ca
+    p = ProxyProcess(tmp_path, "--map", f"{HOST}:{PORT}=127.0.0.1:{hook.server_address[1]}", "--tls-cert", str(crt), "--tls-key", str(key))
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", p.url)
+        monkeypatch.setenv("HOME", netrc_home(tmp_path))
+        n = Notifier(NotifyConfig(webhook=f"https://{HOST}:{PORT}/hooks/sis", events=("failed",)), ca_bundle=str(ca_pem))
+        n.send("failed", {"file": "users.csv", "import_id": 7, "state": "failed", "reason": "Canvas failed the import"})
+        n.close(timeout=20)
+        assert n.delivered == 1 and n.failures == 0
+    finally:
+        p.close()
+        hook.shutdown()
+        serving.join(10)
+        hook.server_close()
+    [(path, auth, body)] = got
+    assert path == "/hooks/sis" and auth is None and json.loads(body)["event"] == "failed"
+    assert {e["target"] for e in p.entries() if e["method"] == "CONNECT"} == {f"{HOST}:{PORT}"}
