@@ -26,6 +26,13 @@ POINTS = (
     "moved",  # file moved, DONE/FAILED not yet journaled
 )
 
+# Points outside the worker's straight path (tested on their own).
+MORE_POINTS = (
+    "copied",  # across filesystems: the verified copy is in place, the source not yet unlinked
+    "intent",  # a hold or an operator's command journaled its intent (MOVING), nothing moved
+    "carried",  # the intent's move is done, its final state not yet journaled
+)
+
 
 def crashpoint(name: str) -> None:
     """SIGKILL this process if ``$SISDROPD_CRASH_AT`` is ``name`` (or ``name:N`` on pass N)."""

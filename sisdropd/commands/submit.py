@@ -71,11 +71,11 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
             log.warning("post failed ({}); looking for it in Canvas", e.message)
             members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
             verdict, found = importer.find_posted(
-                client, upload=upload, members=members, post_started=started, our_user_id=None,
+                client, upload=upload, members=members, post_started=started, post_user_id=None,
                 exclude=set(), log=log, deadline=time.time() + 2 * c.timeout,
             )
             if found is None:
-                say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'unsure' else 'not '}posted")
+                say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'waiting' else 'not '}posted")
                 return EXIT_GAVE_UP
             imp = found
         import_id = int(imp["id"])
@@ -84,7 +84,9 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
         if not wait:
             say(f"posted: import {import_id} ({imp.get('workflow_state')})")
             return EXIT_OK
-        final_imp, final = importer.follow(client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log)
+        final_imp, final = importer.follow(
+            client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log, patience=2 * c.timeout
+        )
         if not final:
             state = (final_imp or {}).get("workflow_state")
             if w.abort_on_timeout:
