@@ -204,10 +204,13 @@ def locate(folders: Folders, rec: FileRecord) -> Path:
 # -- the operator's requests --------------------------------------------------------------
 def _find(journal: Journal, name: str, states: set[State], command: str) -> FileRecord | None:
     """The newest record named ``name`` in ``states``, or a half-done ``command`` on it."""
+    found = None
     for rec in journal.find_by_name(name, {*states, State.MOVING}):
         if rec.state != State.MOVING or (rec.intent or {}).get("command") == command:
-            return rec
-    return None
+            found = rec
+            break
+    crashpoint("found")  # from here a rival may move the record first: the compare-and-set decides
+    return found
 
 
 def _settled(cfg: Config, journal: Journal, folders: Folders, rec: FileRecord, done: str) -> Result | None:

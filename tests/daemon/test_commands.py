@@ -158,6 +158,32 @@ def test_release_and_discard_racing_never_both_move_the_file(drop: Drop, daemon)
     assert held(drop) == [] and len(drop.sim.imports()) == len(drop.outcomes("done"))
 
 
+def stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.parametrize(("slow", "fast", "folder"), [("release", "discard", "failed"), ("discard", "release", "done")])
+def test_a_command_that_loses_a_race_changes_nothing(drop: Drop, daemon, slow: str, fast: str, folder: str) -> None:
+    """The slow command found the held record, then stopped; the fast one moved it meanwhile."""
+    held_file(drop)
+    daemon()
+    paused = subprocess.Popen(
+        [sys.executable, "-m", "sisdropd", slow, "users.csv", "-c", str(drop.config)], env=drop.env(SISDROPD_PAUSE_AT="found"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: stopped(paused.pid), 20, what=f"{slow} stopped after finding the record")
+        r = cli(drop, fast, "users.csv")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    out, _ = paused.communicate(timeout=30)
+    assert paused.returncode == 1 and ("is no longer held" in out or "changed meanwhile" in out), out
+    [path] = wait_for(lambda: drop.outcomes(folder), 30, what=f"the file in {folder}/")
+    assert path.read_text() == USERS and drop.finished() == [path] and held(drop) == []
+    wait_for(lambda: records(drop) == [("users.csv", folder)], 10, what="its record saying the same")
+
+
 def test_a_file_waiting_for_a_look_alike_import_is_alerted_once_and_can_be_discarded(drop: Drop, daemon, tmp_path: Path) -> None:
     argv, out = recorder(tmp_path)
     drop.write(notify={"command": argv, "events": ["stuck", "failed"], "stuck_after": 1}, canvas={"timeout": 1})
