@@ -152,8 +152,19 @@ def hold(
     """QUEUED -> HELD: the file waits in held/ for an operator (release or discard); logged, alerted."""
     reason = f"held by the change guard: {verdict.why}"
     info = {"dataset": verdict.dataset, "why": verdict.why, "counts": verdict.table()}
-    rec = park(cfg, journal, folders, rec, reason, note="change guard", guard=info, counts=counts)
     log = log_event(rec.original_name, rec.import_id)
+    try:
+        rec = park(cfg, journal, folders, rec, reason, note="change guard", guard=info, counts=counts)
+    except OSError as e:  # held/ cannot take it now: back in the queue, judged again later
+        delay = max(cfg.canvas.retry_initial, min(60.0, cfg.canvas.retry_max))
+        log.error("cannot move the file into held/ ({}): it stays in processing/, judged again in {:g}s", e.strerror or e, delay)
+        with contextlib.suppress(OSError):
+            os.unlink(folders.held / f"{rec.stored_name}.json")
+        journal.transition(
+            rec.id, State.QUEUED, "cannot hold", expect=State.MOVING, intent=None,
+            next_attempt=time.time() + delay, last_error=str(e)[:500],
+        )
+        return
     log.warning("{}; it waits in held/ (sisdropd release {} / discard {})", reason, rec.original_name, rec.original_name)
     for row in verdict.table():
         log.warning(

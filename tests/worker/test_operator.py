@@ -141,3 +141,20 @@ def test_discard_refuses_a_file_that_is_being_posted(rig: Rig) -> None:
     result = operator.discard(rig.cfg, rig.journal, rig.folders, "users.csv", who="ops")
     assert not result.ok and "being posted" in result.message
     assert rig.record(fid).state == State.POSTING and (rig.folders.processing / rec.stored_name).exists()
+
+
+def test_a_hold_that_cannot_reach_held_keeps_the_file_queued_and_tries_again(make_rig) -> None:
+    rig = make_rig(**{"import": BATCH})
+    rig.drop("users_1.csv", users(10))
+    rig.drain()
+    rig.folders.held.rmdir()
+    rig.folders.held.write_text("not a folder")  # held/ cannot be made or written
+    fid = rig.drop("users_2.csv", users(6))
+    rig.run_until(lambda: rig.record(fid).last_error is not None, 10, "the failed hold")
+    rec = rig.record(fid)
+    assert rec.state == State.QUEUED and (rig.folders.processing / rec.stored_name).read_text() == users(6)
+    assert rig.events(fid)[-1] == ("moving", "queued", "cannot hold") and len(rig.sim.imports()) == 1
+    rig.folders.held.unlink()  # the operator fixes it
+    rig.drain()
+    assert rig.record(fid).state == State.HELD and (rig.folders.held / rec.stored_name).read_text() == users(6)
+    assert len(rig.sim.imports()) == 1  # never posted meanwhile
