@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 from collections.abc import Sequence
 
 from sisdropd import __version__
@@ -88,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("name", metavar="NAME", help="the original file name, or its name in held/ or failed/")
     add("pause", "control", "stop taking new files (an import in flight finishes)")
     add("resume", "control", "take new files again")
-    sp = add("abort", "undo:abort", "abort the import in flight in Canvas; or every pending import (--all-pending)")
+    sp = add(
+        "abort", "undo:abort",
+        "abort the import in flight in Canvas, or the one a file's timeout left running; or every pending import (--all-pending)",
+    )
+    sp.add_argument("name", metavar="NAME", nargs="?", help="a file in flight, or in failed/ after a timeout (default: the import in flight)")
     sp.add_argument(
         "--all-pending", action="store_true",
         help="pause the daemon, list the account's pending imports (other integrations' too) and abort them all",
@@ -143,3 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as e:
+        # A journal that is not one (corrupt): one line, exit 2. Looked up lazily: the
+        # journal (and sqlite3) is loaded only by the commands that use it.
+        journal = sys.modules.get("sisdropd.journal")
+        if journal is not None and isinstance(e, journal.JournalError):
+            err(str(e))
+            return EXIT_USAGE
+        raise

@@ -92,14 +92,14 @@ class LogConfig:
     retention: int = 10
 
 
-NOTIFY_EVENTS = ("failed", "held", "stale", "warnings", "done", "stuck")
+NOTIFY_EVENTS = ("failed", "held", "stale", "blocked", "warnings", "done", "stuck")
 
 
 @dataclass(frozen=True)
 class NotifyConfig:
     command: tuple[str, ...] = ()  # argv, no shell; the event as JSON on stdin
     webhook: str | None = None  # the same JSON, POSTed
-    events: tuple[str, ...] = ("failed", "held", "stale")
+    events: tuple[str, ...] = ("failed", "held", "stale", "blocked")
     stuck_after: float = 7200.0  # seconds an import may run before a "stuck" event
     timeout: float = 30.0  # seconds a notifier may take
     include_rows: bool = False  # true: "warnings"/"failed" events carry Canvas's row messages (student names)

@@ -1,4 +1,5 @@
-"""Named points where a test can have the daemon killed for real (SIGKILL, no cleanup).
+"""Named points where a test can have the daemon killed for real (SIGKILL, no cleanup), or
+a command stopped (SIGSTOP) while a rival runs.
 
 ``crashpoint("posted")`` does nothing unless ``$SISDROPD_CRASH_AT`` names that point
 (optionally ``posted:2`` for its second passage). The crash-safety tests use it to
@@ -26,9 +27,20 @@ POINTS = (
     "moved",  # file moved, DONE/FAILED not yet journaled
 )
 
+# Points outside the worker's straight path (tested on their own).
+MORE_POINTS = (
+    "found",  # an operator's command found its record, nothing journaled yet
+    "copied",  # across filesystems: the verified copy is in place, the source not yet unlinked
+    "intent",  # a hold or an operator's command journaled its intent (MOVING), nothing moved
+    "carried",  # the intent's move is done, its final state not yet journaled
+)
+
 
 def crashpoint(name: str) -> None:
-    """SIGKILL this process if ``$SISDROPD_CRASH_AT`` is ``name`` (or ``name:N`` on pass N)."""
+    """SIGKILL this process if ``$SISDROPD_CRASH_AT`` is ``name`` (or ``name:N`` on pass N);
+    SIGSTOP it if ``$SISDROPD_PAUSE_AT`` is ``name`` (a test then runs a rival, and SIGCONTs it)."""
+    if os.environ.get("SISDROPD_PAUSE_AT") == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
     want = os.environ.get("SISDROPD_CRASH_AT")
     if not want:
         return

@@ -69,7 +69,7 @@ class Daemon:
         self.worker = Worker(cfg, self.journal, self.client, self.folders, stop=self.stop, notifier=self.notifier)
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.intake = Intake(cfg, self.journal, self.folders)
-        self._stuck_notified: set[int] = set()
+        self._stuck_notified: set[tuple[int, int]] = set()  # (record, import) alerted as stuck
         self._stale: float | None = None  # when the alerted silence began, while it lasts
         self.started = time.time()
         if pause_flag(self.folders.state_dir).exists():
@@ -105,7 +105,7 @@ class Daemon:
             "sisdropd {} starting: inbox {}, Canvas {} account {}, import {}",
             __version__, f.inbox, self.cfg.canvas.base_url, self.cfg.canvas.account_id, dict(self.cfg.import_params),
         )
-        recovery.recover(self.cfg, self.journal, self.folders)
+        recovery.recover(self.cfg, self.journal, self.folders, self.client, self.notifier)
         self.worker_thread.start()
         self.watcher.start()
         logger.info("watching {} (settle {:g}s, {})", f.inbox, self.cfg.watch.settle_seconds, "polling" if self.cfg.watch.polling else "inotify")
@@ -196,21 +196,32 @@ class Daemon:
             self.notifier.send("stale", {"file": None, "import_id": None, "state": None, "reason": f"no new file since {since}", "silent_seconds": round(silent)})
 
     def watch_stuck(self) -> None:
-        """Warn (and notify "stuck") once when an import runs longer than ``stuck_after``."""
+        """Warn (and notify "stuck") once when an import runs longer than ``stuck_after``, or a
+        file whose post lost its answer waits that long for a look-alike import to decide."""
         rec = self.worker.in_flight()
-        if rec is None or rec.import_id is None or rec.import_id in self._stuck_notified or not rec.post_started:
+        if rec is None or not rec.post_started:
+            return
+        target = rec.import_id or rec.waiting_for
+        if target is None or (rec.id, target) in self._stuck_notified:
             return
         running = time.time() - rec.post_started
         if running < self.cfg.notify.stuck_after:
             return
-        self._stuck_notified.add(rec.import_id)
-        logger.bind(file=rec.original_name, import_id=rec.import_id).warning(
-            "import still {} after {:.0f}s (notify.stuck_after {:g}s)", rec.workflow_state, running, self.cfg.notify.stuck_after
-        )
+        self._stuck_notified.add((rec.id, target))
+        log = logger.bind(file=rec.original_name, import_id=rec.import_id)
+        if rec.import_id is None:
+            reason = (
+                f"waiting for {running:.0f}s for import {target}, which lists no files yet and may be this file's "
+                f"post: it is not posted again meanwhile (sisdropd discard {rec.original_name} gives up on it)"
+            )
+            log.warning("{} (notify.stuck_after {:g}s)", reason, self.cfg.notify.stuck_after)
+        else:
+            reason = f"running for {running:.0f}s"
+            log.warning("import still {} after {:.0f}s (notify.stuck_after {:g}s)", rec.workflow_state, running, self.cfg.notify.stuck_after)
         self.notifier.send(
             "stuck",
-            {"file": rec.original_name, "import_id": rec.import_id, "state": rec.workflow_state,
-             "reason": f"running for {running:.0f}s", "running_seconds": round(running)},
+            {"file": rec.original_name, "import_id": rec.import_id, "waiting_for": rec.waiting_for,
+             "state": rec.workflow_state, "reason": reason, "running_seconds": round(running)},
         )
 
     def publish(self) -> None:

@@ -4,9 +4,11 @@ The folder names are the fields of ``config.FoldersConfig`` (``FOLDER_NAMES``), 
 nowhere else. ``Folders.of(cfg)`` gives every path; ``make`` creates what is missing.
 ``stored_name`` gives a taken file the name it keeps in processing/, done/, failed/ and
 held/: a UTC timestamp and a random tag before the original name, so the name ends with
-the original, sorts by time, and never collides. The state dir holds the journal
-(``journal_file``), the lock a running daemon holds (``lock``) and the pause flag
-(``pause_flag``).
+the original, sorts by time, and never collides. ``plain`` checks a name read back from
+the journal before any path is built from it (a forged row must not reach outside our
+folders). The state dir holds the journal (``journal_file``), the lock a running daemon
+holds (``lock``, a POSIX record lock: ``lock_holder`` asks the kernel who holds it,
+without taking it) and the pause flag (``pause_flag``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 import secrets
 import stat
+import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,10 +104,38 @@ def stored_name(original: str, now: datetime | None = None) -> str:
     return f"{tag}-{os.fsdecode(raw)}"
 
 
+class UnsafeName(ValueError):
+    """A name from the journal that is not one plain file name (a forged or damaged row)."""
+
+
+def plain(name: str) -> str:
+    """``name`` itself if it is one plain file name: not empty, not ``.`` or ``..``, no
+    ``/`` (so not absolute), no NUL. Raises ``UnsafeName`` otherwise.
+
+    Every path built from a name stored in the journal goes through this: the journal is
+    a file an attacker with the operator's rights could edit, and the operator's commands
+    (often run as root) must not then move or delete files outside our folders.
+    """
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name or (os.altsep and os.altsep in name):
+        raise UnsafeName(f"the journal names {name!r}, which is not a plain file name: refusing to touch it (has the journal been edited?)")
+    return name
+
+
 def original_name(stored: str) -> str:
     """The dropped name inside a stored name (the whole name if it carries no prefix)."""
     m = _STORED.match(stored)
     return m.group("orig") if m else stored
+
+
+def taken_at(stored: str) -> float | None:
+    """When a file was taken, from the UTC time at the start of its stored name (None if it has none)."""
+    m = _STORED.match(stored)
+    if not m:
+        return None
+    try:
+        return datetime.strptime(stored[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def journal_file(state_dir: Path) -> Path:
@@ -127,16 +158,24 @@ class AlreadyRunning(Exception):
 
 
 def lock(state_dir: Path) -> IO[str]:
-    """Hold the lock file for the life of the process, or raise AlreadyRunning."""
+    """Hold the lock file for the life of the process, or raise AlreadyRunning.
+
+    A POSIX record lock (``fcntl``), so that ``lock_holder`` can ask the kernel who holds
+    it. Such a lock is the process's: it ends when the process closes *any* descriptor of
+    the lock file, so the holder must never open that file again (nothing in the daemon
+    does); the pid written inside is for people, never trusted.
+    """
     f = open(lock_file(state_dir), "a+")  # noqa: SIM115 - held open on purpose
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
+        fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            f.close()
+            raise
         f.close()
+        pid = lock_holder(state_dir)
         raise AlreadyRunning(
-            f"another sisdropd (pid {pid}) is already running on {state_dir}; two daemons on one folder would post files twice"
+            f"another sisdropd (pid {pid or '?'}) is already running on {state_dir}; two daemons on one folder would post files twice"
         ) from None
     f.seek(0)
     f.truncate()
@@ -145,9 +184,27 @@ def lock(state_dir: Path) -> IO[str]:
     return f
 
 
+# struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
+_FLOCK = "hhqqi4x"
+
+
 def lock_holder(state_dir: Path) -> int | None:
-    """The pid written in the lock file (the last daemon that held it), or None."""
+    """The pid of the live process that holds the lock, or None when none does.
+
+    Asked of the kernel (``F_GETLK``) without taking the lock, so a daemon starting at
+    that moment is never refused because of the question; the pid file's content is not
+    trusted (after a stop it names a process that may now be anything).
+    """
     try:
-        return int(lock_file(state_dir).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        fd = os.open(lock_file(state_dir), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
         return None
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
+    return pid if l_type != fcntl.F_UNLCK and pid > 0 else None

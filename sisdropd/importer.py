@@ -20,11 +20,20 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
-from sisdropd.canvas import CanvasClient
+from sisdropd.canvas import (
+    CanvasClient,
+    CanvasError,
+    Forbidden,
+    NotFound,
+    Refused,
+    Retryable,
+    TokenRejected,
+)
 from sisdropd.lifecycle import State
 
 CLOCK_SKEW = 600.0  # seconds: Canvas's clock may differ from ours by this much
-DEAD_INITIALIZING = 600.0  # an import still initializing after this long never runs (§2.4)
+DEAD_INITIALIZING = 600.0  # an import still initializing after this long (plus STORE_RATE) never runs (§2.4)
+STORE_RATE = 1e6  # bytes a second Canvas is sure to store an upload at while it is `initializing`
 FIRST_CHECK = 0.02  # seconds before the first status check; then x1.5 up to poll_interval
 ERRORS_FILE_WAIT = 30.0  # Canvas writes the errors file in a separate job after the end
 
@@ -120,22 +129,47 @@ def _parse_time(s: str | None) -> float | None:
         return None
 
 
-def attachment_matches(sis_import: dict[str, Any], upload: str, members: Sequence[Sequence[Any]] | None) -> bool:
+def upload_pattern(original: str) -> re.Pattern[str]:
+    """Every name ``upload_name(original)`` can give (any random part), for a record that was
+    lost with the journal: ``sisdrop-<16 hex>-<safe stem>.<ext>``."""
+    stem, _, ext = original.rpartition(".")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem or original).strip("._-")[:80] or "upload"
+    return re.compile(rf"sisdrop-[0-9a-f]{{16}}-{re.escape(safe)}\.{re.escape(ext.lower() or 'csv')}")
+
+
+def attachment_matches(
+    sis_import: dict[str, Any], upload: str | re.Pattern[str], members: Sequence[Sequence[Any]] | None,
+    size: int | None = None,
+) -> bool:
     """Whether this import's ``csv_attachments`` are the ones our post would produce.
 
     A CSV is listed under our unique upload name (``display_name``, or the CGI-escaped
-    ``filename``; a users CSV with passwords as ``<stem>_filtered.csv``). A zip is never
-    listed itself: its recognised members are, by base name and size (``members``); a
-    member listed filtered matches by name alone, every other one by name and size.
+    ``filename``; a users CSV with passwords as ``<stem>_filtered.csv``), with our size when
+    ``size`` is known (a filtered one has another size). ``upload`` may be a pattern of
+    such names (``upload_pattern``). A zip is never listed itself: its recognised members
+    are, by base name and size (``members``); a member listed filtered matches by name
+    alone, every other one by name and size.
     """
     atts = sis_import.get("csv_attachments") or []
     if not atts:
         return False
-    names = [(a.get("display_name") or "", unquote_plus(a.get("filename") or "")) for a in atts]
-    if not upload.lower().endswith(".zip"):
-        stem = upload.rsplit(".", 1)[0]
-        wanted = {upload, f"{stem}_filtered.csv"}
-        return any(d in wanted or f in wanted for d, f in names)
+    if (upload if isinstance(upload, str) else upload.pattern).lower().endswith("zip"):
+        return _members_match(atts, members)
+    for a in atts:
+        for name in (a.get("display_name") or "", unquote_plus(a.get("filename") or "")):
+            stem, _, ext = name.rpartition(".")
+            filtered = stem.endswith("_filtered")
+            plain_name = f"{stem.removesuffix('_filtered')}.{ext}" if filtered else name
+            if isinstance(upload, str):
+                named = plain_name == upload
+            else:
+                named = upload.fullmatch(plain_name) is not None
+            if named and (filtered or size is None or int(a.get("size") or -1) == size):
+                return True
+    return False
+
+
+def _members_match(atts: list[dict[str, Any]], members: Sequence[Sequence[Any]] | None) -> bool:
     if not members:
         return False
     ours = Counter((str(m[0]), int(m[1])) for m in members)
@@ -154,43 +188,100 @@ def attachment_matches(sis_import: dict[str, Any], upload: str, members: Sequenc
     return Counter(name.rsplit(".", 1)[0] for name, _ in (ours - exact).elements()) == filtered
 
 
+def initializing_limit(size: int | None) -> float:
+    """How long an import may stay ``initializing`` before it is taken for dead (§2.4): Canvas
+    stores the upload in that state, so the time grows with the file's size."""
+    return DEAD_INITIALIZING + (size or 0) / STORE_RATE
+
+
 def find_posted(
     client: CanvasClient,
     *,
-    upload: str,
+    upload: str | re.Pattern[str],
     members: list[list[Any]] | None,
     post_started: float,
-    our_user_id: int | None,
+    post_user_id: int | None,
     exclude: set[int],
+    size: int | None = None,
     log: Any = None,
     deadline: float | None = None,
+    now: float | None = None,
 ) -> tuple[str, dict[str, Any] | None]:
     """Look in Canvas's list for the import a post whose answer was lost may have created.
 
-    Returns ``("found", sis_import)``; ``("unsure", None)`` while one of our user's
-    imports created since the post is still pending without attachments (it cannot be
-    told apart yet: wait and ask again); or ``("absent", None)`` when Canvas provably has
-    no import of this post and posting again is safe. ``exclude`` holds import ids that
-    belong to other files.
+    Candidates are imports created since the post (less the clock margin) by
+    ``post_user_id``, the Canvas user of the token that made the post (None: any user),
+    not in ``exclude`` (ids known to belong to other files). Returns:
+
+    - ``("found", sis_import)``: one lists our files (by name, or a zip's members, and size);
+    - ``("waiting", sis_import)``: none does, but one lists no files yet in a non-final
+      state (``created``, ``initializing``, ``importing``, ``cleanup_batch``): it may be
+      ours, and nothing can tell until it lists its files or ends (the oldest is returned);
+    - ``("absent", None)``: no candidate at all. One that ended without listing any file
+      changed nothing in Canvas; one still ``initializing`` after ``initializing_limit``
+      (``size``) never runs (§2.4). Neither counts.
+
+    Raises the client's errors (``Retryable`` when Canvas cannot be reached).
     """
-    unsure = False
     since = iso(post_started - CLOCK_SKEW)
-    now = time.time()
+    now = time.time() if now is None else now
+    waiting: list[tuple[float, dict[str, Any]]] = []
     for imp in client.list_imports(created_since=since, log=log, deadline=deadline):
         if imp.get("id") in exclude:
             continue
         user = imp.get("user") or {}
-        if our_user_id is not None and user.get("id") not in (None, our_user_id):
+        if post_user_id is not None and user.get("id") != post_user_id:
             continue
-        if attachment_matches(imp, upload, members):
+        if attachment_matches(imp, upload, members, size):
             return "found", imp
         state = imp.get("workflow_state")
-        if state in PENDING_STATES and not imp.get("csv_attachments"):
-            created = _parse_time(imp.get("created_at")) or now
-            if state == "initializing" and now - created > DEAD_INITIALIZING:
-                continue  # a dead batch (§2.4): it will never run
-            unsure = True
-    return ("unsure", None) if unsure else ("absent", None)
+        if imp.get("csv_attachments") or is_final(state):
+            continue  # another post's files, or an end without files: not this post's doing
+        created = _parse_time(imp.get("created_at")) or now
+        if state == "initializing" and now - created > initializing_limit(size):
+            continue  # a dead batch (§2.4): it will never run
+        waiting.append((created, imp))
+    if waiting:
+        return "waiting", min(waiting, key=lambda c: (c[0], c[1].get("id") or 0))[1]
+    return "absent", None
+
+
+def probe_account(client: CanvasClient, *, log: Any = None, patience: float = 60.0) -> CanvasError | None:
+    """Canvas's word on the account itself, for a refusal that may or may not be about one file.
+
+    ``GET .../sis_imports?per_page=1`` runs the checks a create runs first (the account,
+    the token's permission, SIS imports enabled). Returns None when the account answers,
+    else the refusal (401, 403, 404, 400...). Raises ``Retryable`` when Canvas cannot be
+    reached within ``patience`` seconds.
+    """
+    try:
+        client.call("GET", f"{client.account}/sis_imports", params={"per_page": 1}, log=log, deadline=time.time() + patience)
+    except Retryable:
+        raise
+    except CanvasError as e:
+        return e
+    return None
+
+
+def account_refusal(e: CanvasError, account_id: str) -> str:
+    """An account-wide refusal in words: what Canvas said, and what to look at."""
+    if isinstance(e, TokenRejected):
+        return f"Canvas rejected the token ({e.message}): a valid token of a user with the SIS import permission is needed"
+    if isinstance(e, Forbidden):
+        return f"Canvas refuses SIS imports on account {account_id} ({e.message}): they must be enabled for it"
+    if isinstance(e, NotFound):
+        return f"Canvas has no account {account_id} for this token ({e.message}): check canvas.account_id"
+    return f"Canvas refuses account {account_id} ({e.message}): canvas.account_id must be a root account"
+
+
+def file_refusal(e: CanvasError, params: dict[str, Any]) -> str:
+    """A refusal Canvas gave this file alone (the account answers), in words."""
+    term = params.get("batch_mode_term_id")
+    if term and (isinstance(e, NotFound) or "batch_mode_term_id" in e.message):
+        return f"Canvas has no term {term} (batch_mode_term_id; Canvas answered {e.message})"
+    if isinstance(e, Refused | NotFound):
+        return f"Canvas refused the file: {e.message}"
+    return f"Canvas refused the file ({e.message})"
 
 
 def counts_summary(sis_import: dict[str, Any]) -> str:
@@ -218,25 +309,25 @@ def follow(
     log: Any,
     on_update: Callable[[dict[str, Any]], None] | None = None,
     first_check: float = FIRST_CHECK,
-) -> tuple[dict[str, Any] | None, bool]:
+    patience: float = 60.0,
+) -> tuple[dict[str, Any], bool]:
     """Poll one import until its ``workflow_state`` is final (progress is never trusted).
 
     The first check comes after ``first_check`` seconds and the interval grows by half
     each time up to ``poll_interval``, so a fast import is not made to wait. Returns
-    ``(sis_import, True)`` when final, ``(last_seen, False)`` when ``deadline`` (epoch
-    seconds) passed first. Raises ``Stopped`` when the daemon stops, and the client's
-    non-retryable errors (401, 404...).
+    ``(sis_import, True)`` when final, ``(sis_import, False)`` when an answer asked for at
+    or after ``deadline`` (epoch seconds) says it is not: no verdict without Canvas's word,
+    so a restart past the deadline asks first. Raises ``Retryable`` when Canvas cannot be
+    reached (retried until the deadline, and at least ``patience`` seconds), ``Stopped``
+    when the daemon stops, and the client's other errors (401, 404...).
     """
     interval = min(first_check, poll_interval)
-    last: dict[str, Any] | None = None
     seen: tuple[Any, Any] | None = None
     while True:
-        wait = min(interval, max(0.0, deadline - time.time()))
-        client.wait(wait)
+        client.wait(min(interval, max(0.0, deadline - time.time())))
         interval = min(poll_interval, interval * 1.5)
-        if time.time() >= deadline:
-            return last, False
-        last = client.get_import(import_id, log=log, deadline=deadline)
+        asked = time.time()
+        last = client.get_import(import_id, log=log, deadline=max(deadline, asked + patience))
         state, progress = last.get("workflow_state"), last.get("progress")
         if (state, progress) != seen:
             if seen is None or state != seen[0]:
@@ -248,11 +339,13 @@ def follow(
                 on_update(last)
         if is_final(state):
             break
+        if asked >= deadline:
+            return last, False
     # The errors file is written by a separate job after the end: give it a moment.
-    end = min(deadline, time.time() + ERRORS_FILE_WAIT)
+    end = time.time() + ERRORS_FILE_WAIT
     while needs_errors_file(last) and time.time() < end:
         client.wait(min(poll_interval, 1.0))
-        last = client.get_import(import_id, log=log, deadline=deadline)
+        last = client.get_import(import_id, log=log, deadline=end)
     return last, True
 
 

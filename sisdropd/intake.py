@@ -30,6 +30,7 @@ from sisdropd.crashpoint import crashpoint
 from sisdropd.files import fsync_dir, sha256_or_none
 from sisdropd.folders import Folders, stored_name
 from sisdropd.journal import Journal
+from sisdropd.lifecycle import State
 from sisdropd.logs import event as log_event
 
 TEMP_SUFFIXES = (".part", ".filepart", ".tmp", ".partial")
@@ -123,7 +124,9 @@ class Intake:
         if truncated:
             reason = f"looks truncated ({truncated}) and did not change for {self.cfg.watch.truncated_after:g}s"
             log_event(name).error("{}: not posted", reason)
-            outcome.fail(self.journal, file_id, "truncated", reason, problems=[f"{name}: {reason}"], sha256=sha256_or_none(dest))
+            outcome.fail(
+                self.journal, file_id, "truncated", reason, expect=State.QUEUED, problems=[f"{name}: {reason}"], sha256=sha256_or_none(dest)
+            )
         return Taken.TAKEN
 
     def _truncated_verdict(self, path: Path, st: os.stat_result) -> str | None:

@@ -1,15 +1,23 @@
 """The journal: one SQLite file in the state_dir, the only record of each file's state.
 
 Every change of a file's state goes through ``Journal.transition``: it checks the move
-against ``lifecycle.ALLOWED``, writes the row and an event in one ``BEGIN IMMEDIATE``
-transaction (WAL, ``synchronous=FULL``: durable once it returns) and logs one line.
+against ``lifecycle.ALLOWED`` and against the state the writer expects (compare-and-set:
+of two writers, the daemon's threads or the daemon and an operator's command, only one
+can move a record; the other gets ``lifecycle.Conflict``), writes the row and an event in
+one ``BEGIN IMMEDIATE`` transaction (WAL, ``synchronous=FULL``: durable once it returns)
+and logs one line.
 Rows are never deleted: a row stays open until its file is in done/ or failed/, so a
 crash at any point leaves a record that start-up can finish. Other processes (``status``,
 the operator commands) open the same file while the daemon runs.
+
+A file that is not a journal (corrupt, or another kind of file) raises ``JournalError``
+with one line naming it and saying what to do; the journal remembers when it was made
+(``created``), so start-up can tell a file taken before it existed (the journal was lost).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -24,9 +32,9 @@ from typing import Any
 from loguru import logger
 
 from sisdropd.folders import STATE_MODE, journal_file, make_dir
-from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, State, check
+from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, Conflict, State, check
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -58,7 +66,12 @@ CREATE TABLE IF NOT EXISTS files (
     guard_accepted INTEGER NOT NULL DEFAULT 0,
     guard TEXT,
     import_params TEXT,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    post_user_id INTEGER,
+    waiting_for INTEGER,
+    absent_since REAL,
+    intent TEXT,
+    refusals INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE INDEX IF NOT EXISTS files_queue ON files(state, mtime, original_name, id);
@@ -97,9 +110,14 @@ _MIGRATIONS = (
     ("files", "import_params", "TEXT"),
     # Canvas's state when a file's import ended: imports_total counts events, not rows.
     ("events", "workflow_state", "TEXT"),
+    ("files", "post_user_id", "INTEGER"),  # the Canvas user of the token that made the post
+    ("files", "waiting_for", "INTEGER"),  # a look-alike import a lost post waits on
+    ("files", "absent_since", "REAL"),  # since when Canvas shows no candidate of a lost post
+    ("files", "intent", "TEXT"),  # MOVING: from where to where, and the state after
+    ("files", "refusals", "INTEGER NOT NULL DEFAULT 0"),  # posts Canvas refused for this file
 )
 
-_JSON_COLUMNS = ("members", "counts", "sis_import", "problems", "guard", "import_params")
+_JSON_COLUMNS = ("members", "counts", "sis_import", "problems", "guard", "import_params", "intent")
 _QUEUE_ORDER = "mtime, original_name, id"  # the contract's point 3 (served by files_queue)
 
 
@@ -150,19 +168,32 @@ class FileRecord:
     next_attempt: float
     attempts: int
     last_error: str | None
-    guard_accepted: int
-    guard: dict[str, Any] | None
-    import_params: dict[str, Any] | None
     updated: float
+    # Added after the first schema (defaults: an older journal opened read-only lacks them).
+    guard_accepted: int = 0
+    guard: dict[str, Any] | None = None
+    import_params: dict[str, Any] | None = None
+    post_user_id: int | None = None
+    waiting_for: int | None = None
+    absent_since: float | None = None
+    intent: dict[str, Any] | None = None
+    refusals: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> FileRecord:
-        d = dict(row)
+        d = {k: v for k, v in dict(row).items() if k in _FIELDS}  # a newer journal may have more
         for col in _JSON_COLUMNS:
-            if d[col] is not None:
+            if d.get(col) is not None:
                 d[col] = json.loads(d[col])
         d["state"] = State(d["state"])
         return cls(**d)
+
+
+_FIELDS = frozenset(FileRecord.__dataclass_fields__)
+
+
+class JournalError(Exception):
+    """The journal cannot be used (not a database, corrupt): one line for the operator."""
 
 
 class Journal:
@@ -172,10 +203,26 @@ class Journal:
         """Open (and create, unless ``readonly``) the journal in ``state_dir``.
 
         ``readonly`` is for ``status`` run by an operator who may only read the file: no
-        schema, no pragma that writes. Raises ``sqlite3.OperationalError`` if it cannot.
+        schema, no pragma that writes. Raises ``JournalError`` when the file is not a
+        journal (corrupt, or another kind of file), ``sqlite3.OperationalError`` when it
+        cannot be opened (permissions, busy).
         """
         self.path = journal_file(state_dir)
         self._lock = threading.RLock()
+        try:
+            self._open(state_dir, readonly)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "malformed" not in str(e) and "not a database" not in str(e):
+                raise
+            with contextlib.suppress(Exception):
+                self._db.close()
+            raise JournalError(
+                f"the journal {self.path} is not a usable database ({e}): stop here and restore it from a "
+                f"backup, or move it (and its -wal and -shm files) aside; a new journal then treats the "
+                f"files left in processing/ as possibly posted and matches them against Canvas first"
+            ) from None
+
+    def _open(self, state_dir: Path, readonly: bool) -> None:
         if readonly:
             self._db = sqlite3.connect(
                 f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None, check_same_thread=False
@@ -192,9 +239,15 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
         with self.tx() as db:
+            fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone() is None
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
+            # When this journal was made: a file taken before then was taken under another
+            # (lost) journal. An older journal without the key counts as made long ago.
+            db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('created', ?)", (repr(time.time()) if fresh else "0",)
+            )
             for table, column, definition in _MIGRATIONS:
                 have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
@@ -209,6 +262,10 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def created(self) -> float:
+        """When this journal was made (epoch seconds; 0 for a journal older than the key)."""
+        return float(self.meta("created") or 0)
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -407,29 +464,48 @@ class Journal:
             )
         return file_id
 
-    def update(self, file_id: int, **fields: Any) -> None:
-        """Set columns of a row without changing its state (progress, retry times, ...)."""
-        if not fields:
-            return
-        cols, vals = self._encode(fields)
-        with self.tx() as db:
-            db.execute(
-                f"UPDATE files SET {', '.join(c + ' = ?' for c in cols)}, updated = ? WHERE id = ?",
-                (*vals, time.time(), file_id),
-            )
+    def update(self, file_id: int, *, expect: State | None = None, **fields: Any) -> bool:
+        """Set columns of a row without changing its state (progress, retry times, ...).
 
-    def transition(self, file_id: int, new: State, note: str = "", **fields: Any) -> FileRecord:
-        """Move a file to state ``new`` and set ``fields`` in one durable transaction.
-
-        Raises ``lifecycle.TransitionError`` if the move is not allowed, ``KeyError`` if
-        there is no such row. Returns the updated record.
+        With ``expect``, only while the row is in that state. Returns whether it was set.
         """
+        if not fields:
+            return True
+        cols, vals = self._encode(fields)
+        cond, args = ("", ()) if expect is None else (" AND state = ?", (str(expect),))
+        with self.tx() as db:
+            cur = db.execute(
+                f"UPDATE files SET {', '.join(c + ' = ?' for c in cols)}, updated = ? WHERE id = ?{cond}",
+                (*vals, time.time(), file_id, *args),
+            )
+        return cur.rowcount > 0
+
+    def transition(
+        self, file_id: int, new: State, note: str = "", *, expect: State | frozenset[State] | set[State],
+        where: dict[str, Any] | None = None, **fields: Any,
+    ) -> FileRecord:
+        """Move a file from state ``expect`` to state ``new`` and set ``fields``, in one durable
+        transaction (compare-and-set).
+
+        ``expect`` is the state (or states) the writer saw; ``where`` columns the row must
+        still hold (None: NULL). Raises ``lifecycle.Conflict`` when the row is in another
+        state or holds other values (another writer moved it first: nothing is changed),
+        ``lifecycle.TransitionError`` if the move is not allowed, ``KeyError`` if there is
+        no such row. Returns the updated record.
+        """
+        expected = {expect} if isinstance(expect, State) else set(expect)
         cols, vals = self._encode(fields)
         with self.tx() as db:
-            row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
+            row = db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
             if row is None:
                 raise KeyError(file_id)
-            old = State(row[0])
+            old = State(row["state"])
+            if old not in expected:
+                raise Conflict(f"record {file_id} is {old}, not {'/'.join(sorted(expected))}: another writer moved it")
+            for col, want in (where or {}).items():
+                have = row[col]
+                if (json.loads(have) if col in _JSON_COLUMNS and have is not None else have) != want:
+                    raise Conflict(f"record {file_id} no longer has {col} = {want!r}: another writer changed it")
             check(old, new)
             sets = ", ".join([*(c + " = ?" for c in cols), "state = ?", "updated = ?"])
             db.execute(

@@ -3,7 +3,12 @@
 This is the one place that says what may happen to a file. ``journal.Journal.transition``
 refuses any move that is not in ``ALLOWED``. Where the file is on disk follows from its
 state: QUEUED, POSTING, RUNNING and FINISHING files are in processing/; DONE in done/;
-FAILED in failed/; HELD in held/.
+FAILED in failed/; HELD in held/; a MOVING file is where its record's ``intent`` says it
+comes from or goes to (``operator`` carries the intent out, and start-up finishes it).
+
+Every transition names the state it expects (``journal.Journal.transition``'s ``expect``):
+two writers (the daemon's threads, or the daemon and an operator's command) can never
+both move one record.
 
 Canvas's own ``workflow_state`` values are not ours: they live in ``importer``.
 """
@@ -20,18 +25,23 @@ class State(StrEnum):
     FINISHING = "finishing"  # the outcome is decided; moving the file, writing its sidecar
     DONE = "done"  # in done/ with its sidecar
     FAILED = "failed"  # in failed/ with its sidecar
-    HELD = "held"  # in held/, waiting for an operator (change guard)
+    HELD = "held"  # in held/, waiting for an operator (change guard, or a journal that was lost)
+    MOVING = "moving"  # being moved as its ``intent`` says (a hold, release, discard or retry)
     LOST = "lost"  # the file vanished from under us; the record is closed
 
 
 ALLOWED: dict[State, frozenset[State]] = {
-    State.QUEUED: frozenset({State.POSTING, State.FINISHING, State.HELD, State.LOST}),
-    # Back to QUEUED only once Canvas provably has no import of this post.
-    State.POSTING: frozenset({State.RUNNING, State.QUEUED, State.FINISHING, State.LOST}),
+    # MOVING: held by the change guard (its file goes to held/).
+    State.QUEUED: frozenset({State.POSTING, State.FINISHING, State.MOVING, State.LOST}),
+    # Back to QUEUED only once Canvas provably has no import of this post; MOVING when an
+    # operator discards a file that waits for a look-alike import to decide.
+    State.POSTING: frozenset({State.RUNNING, State.QUEUED, State.FINISHING, State.MOVING, State.LOST}),
     State.RUNNING: frozenset({State.FINISHING, State.LOST}),
     State.FINISHING: frozenset({State.DONE, State.FAILED, State.LOST}),
-    State.HELD: frozenset({State.QUEUED, State.FINISHING, State.LOST}),
-    State.FAILED: frozenset({State.QUEUED}),  # an operator's retry
+    State.MOVING: frozenset({State.QUEUED, State.HELD, State.FAILED, State.LOST}),
+    # An operator's release (to the queue) or discard (to failed/), through MOVING.
+    State.HELD: frozenset({State.MOVING, State.LOST}),
+    State.FAILED: frozenset({State.MOVING}),  # an operator's retry
     State.DONE: frozenset(),
     State.LOST: frozenset(),
 }
@@ -47,6 +57,11 @@ CLOSED = frozenset({State.DONE, State.FAILED, State.LOST})
 
 class TransitionError(RuntimeError):
     """A move not in ``ALLOWED`` was asked for: a bug, never a user's doing."""
+
+
+class Conflict(RuntimeError):
+    """The record is not in the state (or does not hold the values) the writer expected:
+    another writer moved it first. The loser changes nothing and looks again."""
 
 
 def check(current: State, new: State) -> None:

@@ -1,12 +1,20 @@
 """What may be done to a file besides its import: hold, release, discard, retry; pause, abort.
 
 This is the one module that knows held/: the worker ``hold``s a file the change guard
-stops (its sidecar written there, then the file moved there), an operator ``release``s it
-back to the queue or ``discard``s it to failed/, and ``locate`` says where a record's file
-is while the worker finishes it. ``retry`` puts a failed file back in the queue, ``pause``
-stops the taking of new files, ``abort`` aborts the import in flight in Canvas. Each
-changes the file and its record together; start-up completes what a crash interrupted
-(``park``, ``complete_requeue``, used by ``recovery``).
+stops (or one found after the journal was lost), an operator ``release``s it back to the
+queue or ``discard``s it to failed/ (a file waiting for a look-alike import too), and
+``retry`` puts a failed file back in the queue. ``pause`` stops the taking of new files,
+``abort`` aborts an import in Canvas (the one in flight, or the one a timed-out file left
+running).
+
+Every move of a file goes the same way, so that it is safe whether the daemon runs or
+not and a crash anywhere is finished at the next start: the intent is journaled first
+(``begin``: the record becomes MOVING, compare-and-set against the state the command saw,
+so of two racing commands, or a command and the daemon, one wins and the other changes
+nothing), then the file moves (with its sidecar: written beside it at its destination, or
+removed from held/ when it leaves), then the final state is journaled (``carry_out``,
+which start-up calls for every MOVING record). Names read from the journal are checked
+to be plain file names before any path is built from them.
 
 Nothing here prints, exits or signals: the operator's commands (``commands.control``) do,
 with the ``Result`` each function returns. ``who`` names the asking user in the journal.
@@ -14,21 +22,36 @@ with the ``Result`` each function returns. ``who`` names the asking user in the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from sisdropd import guard
+from sisdropd import guard, importer
 from sisdropd.canvas import CanvasClient, CanvasError, NotFound
 from sisdropd.config import Config
-from sisdropd.files import move, sha256_or_none, write_atomic
-from sisdropd.folders import STATE_MODE, Folders, make_dir, pause_flag, stored_name
+from sisdropd.crashpoint import crashpoint
+from sisdropd.files import MoveConflict, move, sha256_or_none, write_atomic
+from sisdropd.folders import (
+    STATE_MODE,
+    Folders,
+    UnsafeName,
+    make_dir,
+    pause_flag,
+    plain,
+    stored_name,
+)
 from sisdropd.journal import FileRecord, Journal, utcnow
-from sisdropd.lifecycle import State
+from sisdropd.lifecycle import Conflict, State
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
-from sisdropd.outcome import sidecar
+from sisdropd.outcome import file_type, sidecar
+
+#: The folders an intent may name (a forged intent names no other place).
+_FOLDERS = ("processing", "held", "failed")
 
 
 @dataclass(frozen=True)
@@ -41,6 +64,94 @@ class Result:
     file: str | None = None
 
 
+# -- intents: journal, move, journal ------------------------------------------------------
+def _path(folders: Folders, where: list[str] | tuple[str, str]) -> Path:
+    folder, name = where
+    if folder not in _FOLDERS:
+        raise UnsafeName(f"the journal names the folder {folder!r}, which is none of ours: refusing to touch it")
+    return getattr(folders, folder) / plain(name)
+
+
+def begin(
+    journal: Journal, folders: Folders, rec: FileRecord, *, command: str, expect: State,
+    src: tuple[str, str], dst: tuple[str, str], then: State, note: str, sidecar_at_dst: bool = False,
+    then_fields: dict[str, Any] | None = None, where: dict[str, Any] | None = None, **fields: Any,
+) -> FileRecord:
+    """Journal the intent to move ``rec``'s file from ``src`` to ``dst`` (``(folder, name)``)
+    and then put it in state ``then`` with ``then_fields``: the record becomes MOVING.
+
+    ``fields`` are set now (what the sidecar written at ``dst`` must say). Raises
+    ``Conflict`` when the record is no longer ``expect`` (or no longer holds ``where``),
+    ``UnsafeName`` for a name that is not a plain file name.
+    """
+    _path(folders, src)  # refuse a forged name before anything is journaled
+    _path(folders, dst)
+    intent = {
+        "command": command, "from": list(src), "to": list(dst), "then": str(then), "note": note,
+        "sidecar": sidecar_at_dst, "fields": then_fields or {},
+    }
+    rec = journal.transition(rec.id, State.MOVING, note, expect=expect, where=where, intent=intent, **fields)
+    crashpoint("intent")
+    return rec
+
+
+def carry_out(cfg: Config, journal: Journal, folders: Folders, rec: FileRecord) -> FileRecord:
+    """Finish a MOVING record's intent: the sidecar, the move, then the final state.
+
+    Idempotent: start-up calls it for a command a crash interrupted, and a command run
+    again completes its own half-done request. A file gone from both places closes the
+    record as LOST. Raises ``MoveConflict`` (both copies kept), ``UnsafeName``, OSError;
+    ``Conflict`` when another writer finished it first.
+    """
+    intent = rec.intent or {}
+    src, dst = _path(folders, intent["from"]), _path(folders, intent["to"])
+    then = State(intent["then"])
+    if intent.get("sidecar"):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(dst.parent / f"{dst.name}.json", sidecar(cfg, replace(rec, state=then), None, file_type=file_type(src)))
+    try:
+        move(src, dst, expect=(rec.size, rec.sha256))
+    except FileNotFoundError:
+        log_event(rec.original_name).error("{} vanished before it could be moved to {}; record closed", src, dst)
+        return journal.transition(rec.id, State.LOST, f"{intent['command']}: the file vanished", expect=State.MOVING, intent=None)
+    crashpoint("carried")
+    if intent["from"][0] == "held":  # the held sidecar goes with its file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(src.with_name(src.name + ".json"))
+    return journal.transition(rec.id, then, intent.get("note") or "", expect=State.MOVING, intent=None, **intent.get("fields", {}))
+
+
+def _do(cfg: Config, journal: Journal, folders: Folders, rec: FileRecord, done: str) -> Result:
+    """Carry out ``rec``'s intent for a command; the Result says what happened."""
+    try:
+        carry_out(cfg, journal, folders, rec)
+    except Conflict:
+        return Result(True, f"{done} (completed meanwhile by the daemon)")
+    except MoveConflict as e:
+        return Result(False, f"cannot finish: {e.strerror}: compare them and remove the wrong one, then run the command again")
+    except OSError as e:
+        return Result(False, f"cannot move {rec.original_name}: {e.strerror or e}; the request is recorded: run the command again, or it completes at the daemon's next start")
+    return Result(True, done)
+
+
+def unfinished(cfg: Config, journal: Journal, folders: Folders) -> None:
+    """Start-up: finish every MOVING record's intent (a hold or a command a crash interrupted)."""
+    for rec in journal.in_states({State.MOVING}):
+        log = log_event(rec.original_name, rec.import_id)
+        command = (rec.intent or {}).get("command") or "move"
+        try:
+            rec = carry_out(cfg, journal, folders, rec)
+        except Conflict:
+            continue
+        except (UnsafeName, MoveConflict) as e:
+            log.error("cannot finish the {} begun before the restart: {}", command, e)
+            continue
+        except OSError as e:
+            log.error("cannot finish the {} begun before the restart: {} (will try at the next start)", command, e.strerror or e)
+            continue
+        log.info("finished a {} begun before the restart: now {}", command, rec.state)
+
+
 # -- held/: the worker's side --------------------------------------------------------------
 def hold(
     cfg: Config, journal: Journal, folders: Folders, rec: FileRecord, verdict: guard.Verdict,
@@ -49,106 +160,209 @@ def hold(
     """QUEUED -> HELD: the file waits in held/ for an operator (release or discard); logged, alerted."""
     reason = f"held by the change guard: {verdict.why}"
     info = {"dataset": verdict.dataset, "why": verdict.why, "counts": verdict.table()}
-    rec = journal.transition(
-        rec.id, State.HELD, "change guard", outcome_reason=reason, guard=info, counts=counts,
-        sha256=sha256_or_none(folders.processing / rec.stored_name),
-    )
-    park(cfg, folders, rec)
     log = log_event(rec.original_name, rec.import_id)
+    try:
+        rec = park(cfg, journal, folders, rec, reason, note="change guard", guard=info, counts=counts)
+    except OSError as e:  # held/ cannot take it now: back in the queue, judged again later
+        delay = max(cfg.canvas.retry_initial, min(60.0, cfg.canvas.retry_max))
+        log.error("cannot move the file into held/ ({}): it stays in processing/, judged again in {:g}s", e.strerror or e, delay)
+        with contextlib.suppress(OSError):
+            os.unlink(folders.held / f"{rec.stored_name}.json")
+        journal.transition(
+            rec.id, State.QUEUED, "cannot hold", expect=State.MOVING, intent=None,
+            next_attempt=time.time() + delay, last_error=str(e)[:500],
+        )
+        return
     log.warning("{}; it waits in held/ (sisdropd release {} / discard {})", reason, rec.original_name, rec.original_name)
     for row in verdict.table():
         log.warning(
             "  {}: last import {} rows, this file {} rows ({}%)", row["type"], row["last_import"], row["this_file"],
             "n/a" if row["change_percent"] is None else f"{row['change_percent']:+g}",
         )
+    alert_held(folders, rec, reason, notifier, counts=info["counts"])
+
+
+def park(
+    cfg: Config, journal: Journal, folders: Folders, rec: FileRecord, reason: str, *, note: str,
+    expect: State = State.QUEUED, **fields: Any,
+) -> FileRecord:
+    """Move a record's file from processing/ into held/ with its sidecar, through MOVING, to HELD."""
+    name = plain(rec.stored_name)
+    rec = begin(
+        journal, folders, rec, command="hold", expect=expect, src=("processing", name), dst=("held", name),
+        then=State.HELD, note=note, sidecar_at_dst=True, outcome_reason=reason,
+        sha256=rec.sha256 or sha256_or_none(folders.processing / name), **fields,
+    )
+    return carry_out(cfg, journal, folders, rec)
+
+
+def alert_held(folders: Folders, rec: FileRecord, reason: str, notifier: Notifier | None, counts: Any = None) -> None:
     if notifier is not None:
         notifier.send(
             "held",
-            {"file": rec.original_name, "import_id": None, "state": None, "reason": reason,
-             "sidecar": str(folders.held / f"{rec.stored_name}.json"), "counts": info["counts"]},
+            {"file": rec.original_name, "import_id": rec.import_id, "state": None, "reason": reason,
+             "sidecar": str(folders.held / f"{rec.stored_name}.json"), "counts": counts},
         )
 
 
-def park(cfg: Config, folders: Folders, rec: FileRecord) -> None:
-    """A HELD record's sidecar, then its file's move into held/ (idempotent: start-up finishes a half-done one)."""
-    folders.held.mkdir(parents=True, exist_ok=True)
-    write_atomic(folders.held / f"{rec.stored_name}.json", sidecar(cfg, rec, None))
-    move(folders.processing / rec.stored_name, folders.held / rec.stored_name)
-
-
 def half_parked(folders: Folders, rec: FileRecord) -> bool:
-    """A HELD record whose file is still in processing/: the hold was journaled, the move not done."""
+    """A HELD record whose file is in processing/ (a journal from before intents): park it again."""
     return os.path.lexists(folders.processing / rec.stored_name) and not os.path.lexists(folders.held / rec.stored_name)
 
 
 def locate(folders: Folders, rec: FileRecord) -> Path:
-    """Where an open record's file is: processing/, or held/ for a file discarded while held."""
-    path = folders.processing / rec.stored_name
+    """Where an open record's file is: processing/, or held/ for a FINISHING record an older
+    version's discard left there."""
+    path = folders.processing / plain(rec.stored_name)
     held = folders.held / rec.stored_name
     if not os.path.lexists(path) and os.path.lexists(held):
         return held
     return path
 
 
-def complete_requeue(journal: Journal, rec: FileRecord) -> None:
-    """A release or retry moved ``rec``'s file back into processing/, then stopped before
-    journaling it: journal it now (start-up)."""
-    accepted = 1 if rec.state == State.HELD else rec.guard_accepted
-    journal.transition(rec.id, State.QUEUED, "requeued (completed after restart)", guard_accepted=accepted, next_attempt=0)
-
-
 # -- the operator's requests --------------------------------------------------------------
-def _find(journal: Journal, name: str, state: State) -> FileRecord | None:
-    recs = journal.find_by_name(name, {state})
-    return recs[0] if recs else None
+def _find(journal: Journal, name: str, states: set[State], command: str) -> FileRecord | None:
+    """The newest record named ``name`` in ``states``, or a half-done ``command`` on it."""
+    found = None
+    for rec in journal.find_by_name(name, {*states, State.MOVING}):
+        if rec.state != State.MOVING or (rec.intent or {}).get("command") == command:
+            found = rec
+            break
+    crashpoint("found")  # from here a rival may move the record first: the compare-and-set decides
+    return found
 
 
-def release(journal: Journal, folders: Folders, name: str, who: str) -> Result:
-    """A held file goes back to the queue (posted next), its counts accepted."""
-    rec = _find(journal, name, State.HELD)
-    if rec is None:
-        return Result(False, f"no held file named {name}")
-    held, proc = folders.held / rec.stored_name, folders.processing / rec.stored_name
+def _settled(cfg: Config, journal: Journal, folders: Folders, rec: FileRecord, done: str) -> Result | None:
+    """The Result when the request ends before it begins: names in the record that cannot be
+    trusted (a forged row), or this command's own half-done request, finished now. None: go on."""
     try:
-        move(held, proc)
-    except OSError as e:
-        return Result(False, f"cannot move {held} back: {e.strerror or e}")
-    journal.transition(rec.id, State.QUEUED, f"released by {who}", guard_accepted=1, next_attempt=0)
-    return Result(True, f"released: {rec.original_name} is queued, its counts accepted")
+        plain(rec.stored_name)
+        plain(rec.original_name)
+    except UnsafeName as e:
+        return Result(False, str(e))
+    if rec.state == State.MOVING:
+        return _do(cfg, journal, folders, rec, done)
+    return None
 
 
-def discard(journal: Journal, name: str, who: str) -> Result:
-    """A held file goes to failed/ with the reason "discarded by operator" (the worker moves it)."""
-    rec = _find(journal, name, State.HELD)
+def release(cfg: Config, journal: Journal, folders: Folders, name: str, who: str) -> Result:
+    """A held file goes back to the queue (posted next), its counts accepted."""
+    rec = _find(journal, name, {State.HELD}, "release")
     if rec is None:
         return Result(False, f"no held file named {name}")
-    journal.transition(
-        rec.id, State.FINISHING, f"discarded by {who}", outcome="failed",
-        outcome_reason=f"discarded by operator ({rec.outcome_reason})", finished_at=utcnow(),
+    done = f"released: {rec.original_name} is queued, its counts accepted"
+    if (settled := _settled(cfg, journal, folders, rec, done)) is not None:
+        return settled
+    try:
+        rec = begin(
+            journal, folders, rec, command="release", expect=State.HELD, src=("held", rec.stored_name),
+            dst=("processing", rec.stored_name), then=State.QUEUED, note=f"released by {who}",
+            then_fields={"guard_accepted": 1, "next_attempt": 0},
+        )
+    except Conflict:
+        return Result(False, f"{rec.original_name} is no longer held (another command or the daemon moved it first)")
+    return _do(cfg, journal, folders, rec, done)
+
+
+def discard(cfg: Config, journal: Journal, folders: Folders, name: str, who: str) -> Result:
+    """A held file, or one whose lost post waits for a look-alike import, goes to failed/.
+
+    The reason says "discarded by operator" and why it waited (for a waiting file: the
+    import it waited for, which Canvas may still run).
+    """
+    rec = _find(journal, name, {State.HELD, State.POSTING}, "discard")
+    if rec is None or (rec.state == State.POSTING and rec.waiting_for is None):
+        if rec is not None:
+            return Result(False, f"{rec.original_name} is being posted now, not waiting: nothing to discard")
+        return Result(False, f"no held or waiting file named {name}")
+    done = f"discarded: {rec.original_name} is in failed/"
+    if (settled := _settled(cfg, journal, folders, rec, done)) is not None:
+        return settled
+    where: dict[str, Any] | None = None
+    if rec.state == State.HELD:
+        reason, src = f"discarded by operator ({rec.outcome_reason})", ("held", rec.stored_name)
+    else:
+        reason = (
+            f"discarded by operator while waiting for import {rec.waiting_for}: Canvas listed it without its files, "
+            f"so it may be this file's post, and Canvas may still run it (sisdropd status {rec.waiting_for})"
+        )
+        src, where = ("processing", rec.stored_name), {"waiting_for": rec.waiting_for}
+    try:
+        rec = begin(
+            journal, folders, rec, command="discard", expect=rec.state, where=where, src=src,
+            dst=("failed", rec.stored_name), then=State.FAILED, note=f"discarded by {who}", sidecar_at_dst=True,
+            outcome="failed", outcome_reason=reason, finished_at=utcnow(),
+        )
+    except Conflict:
+        return Result(False, f"{rec.original_name} changed meanwhile (another command or the daemon moved it first): look again")
+    return _do(cfg, journal, folders, rec, done)
+
+
+def may_still_run(rec: FileRecord) -> bool:
+    """The record's import was left unfinished in Canvas (a timeout without an abort)."""
+    return rec.import_id is not None and not importer.is_final(rec.workflow_state)
+
+
+def _ask_final(journal: Journal, rec: FileRecord, client: CanvasClient, timeout: float) -> str | None:
+    """None when Canvas says ``rec``'s import is final (recorded), else why not, in words."""
+    assert rec.import_id is not None
+    try:
+        imp = client.get_import(rec.import_id, deadline=time.time() + timeout)
+    except NotFound:
+        return None  # Canvas no longer has it: it cannot run
+    except CanvasError as e:
+        return f"cannot ask Canvas whether import {rec.import_id} has ended ({e.message}): not retried"
+    state = imp.get("workflow_state")
+    if importer.is_final(state):
+        journal.update(rec.id, expect=State.FAILED, workflow_state=state)
+        return None
+    return (
+        f"import {rec.import_id} of {rec.original_name} is still {state} in Canvas: posting the file again now "
+        f"could apply it twice, out of order. Wait until it ends (sisdropd status {rec.import_id}), "
+        f"or stop it with `sisdropd abort {rec.original_name}`"
     )
-    return Result(True, f"discarded: {rec.original_name} goes to failed/")
 
 
-def retry(journal: Journal, folders: Folders, name: str, who: str) -> Result:
-    """A file in failed/ goes back to the queue under a new name; its old sidecar stays."""
-    rec = _find(journal, name, State.FAILED)
+def retry(
+    cfg: Config, journal: Journal, folders: Folders, name: str, who: str,
+    client: Callable[[], CanvasClient] | None = None,
+) -> Result:
+    """A file in failed/ goes back to the queue under a new name; its old sidecar stays.
+
+    A file whose import Canvas may still run (a timeout without an abort) is retried only
+    once Canvas says that import has ended: ``client`` makes the client to ask with.
+    """
+    rec = _find(journal, name, {State.FAILED}, "retry")
     if rec is None:
         return Result(False, f"no file named {name} in failed/")
-    src = folders.failed / rec.stored_name
+    done = f"retrying: {rec.original_name} is queued (its old sidecar stays in failed/)"
+    if (settled := _settled(cfg, journal, folders, rec, done)) is not None:
+        return settled
+    if may_still_run(rec):
+        if client is None:
+            return Result(False, f"import {rec.import_id} of {rec.original_name} may still run in Canvas: not retried")
+        why = _ask_final(journal, rec, client(), cfg.canvas.timeout)
+        if why is not None:
+            return Result(False, why)
+        rec = journal.get(rec.id)
     new = stored_name(rec.original_name)
-    try:
-        move(src, folders.processing / new)
-    except OSError as e:
-        return Result(False, f"cannot move {src} back: {e.strerror or e}")
     if rec.import_id:
         journal.retire_import_id(rec.import_id)  # never mistaken for the new post's import
-    journal.transition(
-        rec.id, State.QUEUED, f"retried by {who} (was failed/{rec.stored_name})", stored_name=new,
-        import_id=None, workflow_state=None, progress=None, sis_import=None, upload_name=None, members=None,
-        outcome=None, outcome_reason=None, problems=None, errors_file=None, posted_at=None, post_started=None,
-        finished_at=None, next_attempt=0, last_error=None, import_params=None,
-    )
-    return Result(True, f"retrying: {rec.original_name} is queued (its old sidecar stays in failed/)")
+    then = {
+        "stored_name": new, "import_id": None, "workflow_state": None, "progress": None, "sis_import": None,
+        "upload_name": None, "members": None, "outcome": None, "outcome_reason": None, "problems": None,
+        "errors_file": None, "posted_at": None, "post_started": None, "finished_at": None, "next_attempt": 0,
+        "last_error": None, "import_params": None, "post_user_id": None, "waiting_for": None, "absent_since": None, "refusals": 0,
+    }
+    try:
+        rec = begin(
+            journal, folders, rec, command="retry", expect=State.FAILED, src=("failed", rec.stored_name),
+            dst=("processing", new), then=State.QUEUED, note=f"retried by {who} (was failed/{rec.stored_name})",
+            then_fields=then,
+        )
+    except Conflict:
+        return Result(False, f"{rec.original_name} is no longer in failed/ (another command moved it first)")
+    return _do(cfg, journal, folders, rec, done)
 
 
 def pause(folders: Folders, on: bool, who: str) -> Result:
@@ -168,15 +382,37 @@ def in_flight(journal: Journal) -> FileRecord | None:
     return running[0] if running else None
 
 
-def abort(journal: Journal, client: CanvasClient, timeout: float) -> Result:
-    """Abort the import in flight in Canvas (the worker then sends its file to failed/)."""
-    rec = in_flight(journal)
-    if rec is None or rec.import_id is None:
-        return Result(False, "nothing in flight to abort")
+def abort(journal: Journal, client: CanvasClient, timeout: float, name: str | None = None) -> Result:
+    """Abort an import in Canvas: the one in flight (the worker then sends its file to
+    failed/), or, with ``name``, that file's: in flight, or left running by a timeout (then
+    recorded as aborted, so ``retry`` may post the file again)."""
+    if name is None:
+        rec = in_flight(journal)
+        if rec is None or rec.import_id is None:
+            return Result(False, "nothing in flight to abort")
+    else:
+        recs = [r for r in journal.find_by_name(name, {State.RUNNING, State.FAILED}) if r.import_id]
+        rec = next((r for r in recs if r.state == State.RUNNING or may_still_run(r)), None)
+        if rec is None:
+            return Result(False, f"{name} has no import that may still run in Canvas: nothing to abort", name)
+    assert rec.import_id is not None
+    deadline = time.time() + timeout
     try:
-        imp = client.abort(rec.import_id, deadline=time.time() + timeout)
+        imp = client.abort(rec.import_id, deadline=deadline)
     except NotFound:
-        return Result(False, f"import {rec.import_id} ({rec.original_name}) had already finished", rec.original_name)
+        ended = ""
+        if rec.state == State.FAILED:
+            with contextlib.suppress(CanvasError):
+                state = client.get_import(rec.import_id, deadline=deadline).get("workflow_state")
+                journal.update(rec.id, expect=State.FAILED, workflow_state=state)
+                ended = f" ({state})"
+        return Result(False, f"import {rec.import_id} ({rec.original_name}) had already finished{ended}", rec.original_name)
     except CanvasError as e:
         return Result(False, f"could not abort import {rec.import_id}: {e.message}", rec.original_name)
-    return Result(True, f"aborted import {rec.import_id} ({rec.original_name}): now {imp.get('workflow_state')}", rec.original_name)
+    state = imp.get("workflow_state")
+    if rec.state == State.FAILED:
+        journal.update(rec.id, expect=State.FAILED, workflow_state=state)
+        tail = f"; `sisdropd retry {rec.original_name}` posts the file again"
+    else:
+        tail = ""
+    return Result(True, f"aborted import {rec.import_id} ({rec.original_name}): now {state}{tail}", rec.original_name)

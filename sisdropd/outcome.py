@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from sisdropd import __version__, guard, importer
 from sisdropd.canvas import Backoff, CanvasClient, CanvasError
 from sisdropd.config import Config
 from sisdropd.crashpoint import crashpoint
-from sisdropd.files import move, write_atomic
-from sisdropd.folders import Folders
+from sisdropd.files import MoveConflict, move, write_atomic
+from sisdropd.folders import Folders, plain
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import State
 from sisdropd.logs import event as log_event
@@ -36,22 +37,42 @@ def decide(journal: Journal, rec: FileRecord, imp: dict[str, Any], extra: str = 
     state = str(imp.get("workflow_state"))
     dest, reason = importer.verdict(imp)
     journal.transition(
-        rec.id, State.FINISHING, state, outcome=str(dest), outcome_reason=reason + extra,
+        rec.id, State.FINISHING, state, expect=State.RUNNING, outcome=str(dest), outcome_reason=reason + extra,
         sis_import=imp, workflow_state=state, progress=imp.get("progress"), finished_at=utcnow(),
     )
     importer.canvas_messages(imp, log_event(rec.original_name, rec.import_id))
     crashpoint("decided")
 
 
-def fail(journal: Journal, file_id: int, note: str, reason: str, **fields: Any) -> None:
-    """-> FINISHING on the way to failed/, with ``reason`` for the sidecar (the caller logs)."""
+def fail(journal: Journal, file_id: int, note: str, reason: str, *, expect: State, **fields: Any) -> None:
+    """``expect`` -> FINISHING on the way to failed/, with ``reason`` for the sidecar (the caller logs)."""
     journal.transition(
-        file_id, State.FINISHING, note, outcome="failed", outcome_reason=reason, finished_at=utcnow(), **fields
+        file_id, State.FINISHING, note, expect=expect, outcome="failed", outcome_reason=reason, finished_at=utcnow(), **fields
     )
 
 
-def sidecar(cfg: Config, rec: FileRecord, errors_file: str | None) -> bytes:
-    """The ``<name>.json`` written beside a finished (or held) file: the contract's point 6."""
+def file_type(path: Path) -> str | None:
+    """What a non-regular file at ``path`` is ("fifo", "socket", "symlink", "device"), else None.
+
+    A sidecar says it: across filesystems such a file is not copied (it holds no bytes).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return kind
+    return "device"
+
+
+def sidecar(cfg: Config, rec: FileRecord, errors_file: str | None, *, file_type: str | None = None) -> bytes:
+    """The ``<name>.json`` written beside a finished (or held) file: the contract's point 6.
+
+    ``file_type`` names a file that is not a regular one (a FIFO, a socket...).
+    """
     doc = {
         "original_name": rec.original_name,
         "stored_name": rec.stored_name,
@@ -75,6 +96,8 @@ def sidecar(cfg: Config, rec: FileRecord, errors_file: str | None) -> bytes:
         "sisdropd_version": __version__,
         "sis_import": rec.sis_import,
     }
+    if file_type:
+        doc["file_type"] = file_type
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -90,37 +113,52 @@ class Finisher:
         self.folders = folders
         self.notifier = notifier
         self.backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)  # a full disk, a bad folder
+        self._conflicts: set[int] = set()  # records whose two copies were alerted
 
     def finish(self, rec: FileRecord, src: Path) -> None:
         """Move the file at ``src`` into done/ or failed/ as ``rec.outcome`` says, with its sidecar.
 
         Idempotent (a restart resumes it). A file gone from ``src`` closes the record as
         LOST; a move that fails (disk full, a folder that cannot be written) keeps the file
-        where it is and sets ``next_attempt``.
+        where it is and sets ``next_attempt``. A separate file already at the destination
+        that is not verifiably this one (size and SHA-256 of the journal) keeps both: an
+        error line and one "blocked" alert name them, and the move is tried again later.
         """
         log = log_event(rec.original_name, rec.import_id)
         dest_state = State(rec.outcome or "failed")
         dest_dir = self.folders.done if dest_state == State.DONE else self.folders.failed
-        dst = dest_dir / rec.stored_name
+        dst = dest_dir / plain(rec.stored_name)
         try:
             dest_dir.mkdir(parents=True, exist_ok=True)
             errors_file = rec.errors_file or self._save_errors_file(rec, dest_dir)
-            write_atomic(dest_dir / f"{rec.stored_name}.json", sidecar(self.cfg, rec, errors_file))
+            write_atomic(dest_dir / f"{rec.stored_name}.json", sidecar(self.cfg, rec, errors_file, file_type=file_type(src)))
             crashpoint("sidecar")
-            move(src, dst)
+            move(src, dst, expect=(rec.size, rec.sha256))
             crashpoint("moved")
         except FileNotFoundError:
             if not os.path.lexists(dst):
-                self.journal.transition(rec.id, State.LOST, "vanished while finishing")
+                self.journal.transition(rec.id, State.LOST, "vanished while finishing", expect=State.FINISHING)
                 log.error("the file vanished from processing/ before it could be moved; record closed")
                 return
+        except MoveConflict as e:
+            delay = self.backoff.next()
+            log.error("cannot move the file into {}/: {}: remove the wrong one and the move completes (trying again in {:.0f}s)", dest_state, e.strerror, delay)
+            self.journal.update(rec.id, expect=State.FINISHING, next_attempt=time.time() + delay, last_error=str(e.strerror)[:500])
+            if self.notifier is not None and rec.id not in self._conflicts:
+                self._conflicts.add(rec.id)
+                self.notifier.send("blocked", {
+                    "file": rec.original_name, "import_id": rec.import_id, "state": rec.workflow_state,
+                    "reason": f"two different files: {e.src} and {e.dst} ({e.why}); both kept, the queue waits",
+                    "paths": [str(e.src), str(e.dst)],
+                })
+            return
         except OSError as e:
             delay = self.backoff.next()
             log.error("cannot move the file into {}/ ({}): it stays in processing/, retrying in {:.0f}s", dest_state, e.strerror or e, delay)
-            self.journal.update(rec.id, next_attempt=time.time() + delay, last_error=str(e)[:500])
+            self.journal.update(rec.id, expect=State.FINISHING, next_attempt=time.time() + delay, last_error=str(e)[:500])
             return
         self.backoff.reset()
-        rec = self.journal.transition(rec.id, dest_state, "moved", errors_file=errors_file)
+        rec = self.journal.transition(rec.id, dest_state, "moved", expect=State.FINISHING, errors_file=errors_file)
         if dest_state == State.DONE and rec.counts:
             params = rec.import_params or self.cfg.params_for(rec.original_name)
             self.journal.set_dataset_counts(guard.dataset_key(self.cfg.guard, rec.original_name, params), rec.counts, rec.id)

@@ -6,12 +6,22 @@ already under way first, else the oldest mtime) and perform the one step its sta
 for:
 
     QUEUED     pre-flight check; rejected -> FINISHING(failed); held by the change guard
-               -> HELD; else record the post -> POSTING, and post
+               -> HELD; else record the post (with the Canvas user of the token that
+               makes it) -> POSTING, and post
     POSTING    (answer lost, or a restart) look in Canvas's list: found -> RUNNING;
-               provably absent for the grace period -> QUEUED (post again);
-               a pending look-alike -> ask again later
-    RUNNING    follow the import to its final state, or max_wait -> FINISHING
+               a look-alike that lists no files yet -> wait for it (never post again
+               meanwhile; an operator may discard the file); no candidate for the whole
+               grace period -> QUEUED (post again)
+    RUNNING    follow the import to its final state, or a fresh answer past max_wait
+               -> FINISHING (timeout)
     FINISHING  errors file, sidecar, the move into done/ or failed/ -> DONE / FAILED
+
+A refusal is classified by Canvas's answer and a probe of the account: one about this
+file (an unknown term...) fails it after ``REFUSAL_TRIES`` tries; one about the account
+(``blocked``: a token refused, SIS imports disabled, no such root account) keeps every
+file in order, logged and alerted once, and logged again when it clears. A 401 never
+sends a file to failed/. Every transition names the state it expects: a record an
+operator moved meanwhile (``lifecycle.Conflict``) is simply looked at again.
 
 Every step is journaled before its effect, so a SIGKILL at any instant resumes at the
 right step: the record says what may already have happened, never less. Files arrive
@@ -44,14 +54,16 @@ from sisdropd.canvas import (
 from sisdropd.config import Config, TokenError, read_token
 from sisdropd.crashpoint import crashpoint
 from sisdropd.files import sha256_of, sha256_or_none
-from sisdropd.folders import Folders
+from sisdropd.folders import Folders, UnsafeName, plain
 from sisdropd.journal import FileRecord, Journal, utcnow
-from sisdropd.lifecycle import ACTIVE, State
+from sisdropd.lifecycle import ACTIVE, Conflict, State
 from sisdropd.logs import add_secret
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
 
 IDLE_WAKE = 5.0  # seconds: the loop wakes at least this often, so a watchdog sees it alive
+REFUSAL_TRIES = 3  # a refusal about one file fails it after this many posts...
+REFUSAL_SPACING = 30.0  # ...this many seconds apart at most (retry_max when smaller): about a minute
 
 
 class Worker:
@@ -68,12 +80,21 @@ class Worker:
         self.stop = stop
         self.notifier = notifier
         self.wake = threading.Event()  # set when a file was taken or an operator asked something
-        self.auth_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
-        self.error_backoff = Backoff(cfg.canvas.retry_initial, cfg.canvas.retry_max)
+        c = cfg.canvas
+        # Each backoff grows across steps and is reset only by the success it waits for.
+        self.auth_backoff = Backoff(c.retry_initial, c.retry_max)  # the account is refused
+        self.net_backoff = Backoff(c.retry_initial, c.retry_max)  # Canvas cannot be reached
+        self.throttle_backoff = Backoff(c.retry_initial, c.retry_max)  # posts throttled
+        self.bug_backoff = Backoff(c.retry_initial, c.retry_max)  # an unexpected error
         self.finisher = outcome.Finisher(cfg, journal, client, folders, notifier)
         # How long a post that got no answer may still be turning into an import at Canvas.
-        self.post_grace = 2 * cfg.canvas.timeout
-        self._absent_since: dict[int, float] = {}
+        self.post_grace = 2 * c.timeout
+        self.patience = 2 * c.timeout  # how long one step retries a request before it yields
+        self.refusal_spacing = min(REFUSAL_SPACING, c.retry_max)
+        self.blocked: str | None = None  # why Canvas refuses the account, while it does
+        self._token_epoch = 0  # bumped whenever the token is read again
+        self._user: tuple[int, int] | None = None  # (token epoch, its Canvas user id)
+        self._alerted: set[tuple[int, str]] = set()
         self.current: FileRecord | None = None
         self.last_step = time.monotonic()
 
@@ -125,15 +146,17 @@ class Worker:
         """``step(rec)``; a bug is logged and retried later. False when the daemon is stopping."""
         try:
             self.step(rec)
-            self.error_backoff.reset()
+            self.bug_backoff.reset()
         except Stopped:
             return False
+        except Conflict as e:  # an operator's command moved the record first: look again
+            self._log(rec).info("the record changed meanwhile ({}): looking again", e)
         except Exception as e:  # noqa: BLE001 - a bug must not stop the daemon
-            delay = self.error_backoff.next()
+            delay = self.bug_backoff.next()
             logger.opt(exception=e).bind(file=rec.original_name, import_id=rec.import_id).error(
                 "unexpected error in state {} (retrying in {:.0f}s): {}", rec.state, delay, e
             )
-            self.journal.update(rec.id, next_attempt=time.time() + delay, last_error=str(e)[:500])
+            self.journal.update(rec.id, expect=rec.state, next_attempt=time.time() + delay, last_error=str(e)[:500])
         return True
 
     def _sleep(self, seconds: float | None) -> None:
@@ -142,6 +165,12 @@ class Worker:
 
     def step(self, rec: FileRecord) -> None:
         """Do the one thing ``rec``'s state calls for (see the module's docstring)."""
+        try:
+            plain(rec.stored_name)
+        except UnsafeName as e:  # a forged or damaged row: never build a path from it
+            self._log(rec).error("{}; its record is closed", e)
+            self.journal.transition(rec.id, State.LOST, "not a plain file name", expect=rec.state)
+            return
         {
             State.QUEUED: self._prepare_and_post,
             State.POSTING: self._resolve_post,
@@ -156,7 +185,7 @@ class Worker:
     def _prepare_and_post(self, rec: FileRecord) -> None:
         path, log = self.folders.processing / rec.stored_name, self._log(rec)
         if not os.path.lexists(path):
-            self.journal.transition(rec.id, State.LOST, "vanished before it was posted")
+            self.journal.transition(rec.id, State.LOST, "vanished before it was posted", expect=State.QUEUED)
             log.error("the file vanished from processing/ before it was posted; record closed")
             return
         w = self.cfg.watch
@@ -177,7 +206,10 @@ class Worker:
             reason = "rejected by the pre-flight check: " + (report.problems[0].message if report.problems else "?")
             for p in problems[:5]:
                 log.warning("rejected: {}", p)
-            outcome.fail(self.journal, rec.id, "rejected", reason, problems=problems, sha256=sha256_or_none(path), size=report.size)
+            outcome.fail(
+                self.journal, rec.id, "rejected", reason, expect=State.QUEUED, problems=problems,
+                sha256=sha256_or_none(path), size=report.size,
+            )
             return
         if guard.applies(self.cfg.guard, params) and not rec.guard_accepted:
             key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
@@ -185,32 +217,33 @@ class Worker:
             if verdict.hold:
                 operator.hold(self.cfg, self.journal, self.folders, rec, verdict, report.counts, self.notifier)
                 return
-        user_id = self._our_user_id(rec)
+        user_id = self._post_user(rec)
         if user_id is None:
             return
         members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
         upload = importer.upload_name(rec.original_name)
         rec = self.journal.transition(
-            rec.id, State.POSTING, "posting", upload_name=upload, members=members,
+            rec.id, State.POSTING, "posting", expect=State.QUEUED, upload_name=upload, members=members,
             counts=report.counts, sha256=report.sha256 or sha256_of(path), size=report.size,
-            post_started=time.time(), attempts=rec.attempts + 1, import_params=params,
+            post_started=time.time(), attempts=rec.attempts + 1, import_params=params, post_user_id=user_id,
+            waiting_for=None, absent_since=None,
         )
         crashpoint("before_post")
         self._post(rec)
 
-    def _our_user_id(self, rec: FileRecord) -> int | None:
-        """The token's Canvas user id (cached), used to recognise our imports after a crash."""
-        key = f"user_id {self.cfg.canvas.base_url} {self.cfg.canvas.account_id}"
-        cached = self.journal.meta(key)
-        if cached:
-            return int(cached)
+    def _post_user(self, rec: FileRecord) -> int | None:
+        """The Canvas user of the token the next post goes with (asked again whenever the
+        token was read again: a rotated token may belong to another user); None on trouble."""
+        if self._user is not None and self._user[0] == self._token_epoch:
+            return self._user[1]
         try:
-            me = self.client.whoami(log=self._log(rec))
+            me = self.client.whoami(log=self._log(rec), deadline=time.time() + self.patience)
         except CanvasError as e:
             self._canvas_trouble(rec, e)
             return None
-        self.journal.set_meta(key, str(me["id"]))
-        return int(me["id"])
+        # Not "cleared": /users/self answers whatever the account's state (§1).
+        self._user = (self._token_epoch, int(me["id"]))
+        return self._user[1]
 
     def _post(self, rec: FileRecord) -> None:
         log = self._log(rec)
@@ -219,39 +252,72 @@ class Worker:
         started = time.monotonic()
         try:
             imp = self.client.create_import(self.folders.processing / rec.stored_name, upload_name=rec.upload_name or "", params=params)
-        except Refused as e:
-            reason = f"Canvas refused the import: {e.message}"
-            log.error("{}", reason)
-            outcome.fail(self.journal, rec.id, "refused", reason)
-            return
-        except (TokenRejected, Forbidden, NotFound) as e:
-            # Canvas answered before creating anything: the post provably did not happen.
-            self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}")
-            self._canvas_trouble(self.journal.get(rec.id), e)
-            return
         except RateLimited as e:
-            # Canvas throttles in its middleware, before the controller saves anything.
-            delay = e.retry_after if e.retry_after is not None else self.error_backoff.next()
+            # Canvas throttles in its middleware, before the controller saves anything. The
+            # backoff keeps growing until a post gets through.
+            delay = max(e.retry_after or 0.0, self.throttle_backoff.next())
             self.client.retries[e.cause] += 1
             log.warning("post throttled by Canvas ({}): not posted, posting again in {:.1f}s", e.message, delay)
-            self.journal.transition(rec.id, State.QUEUED, "not posted: rate limited", next_attempt=time.time() + delay, last_error=e.message[:500])
+            self.journal.transition(
+                rec.id, State.QUEUED, "not posted: rate limited", expect=State.POSTING,
+                next_attempt=time.time() + delay, last_error=e.message[:500],
+            )
+            return
+        except (TokenRejected, Forbidden, NotFound, Refused) as e:
+            # Canvas refused before it queued anything: the post did not happen (§2.4).
+            self._refused(rec, e, params)
             return
         except (Retryable, OSError) as e:
             delay = min(self.cfg.canvas.retry_max, self.cfg.canvas.retry_initial)
             log.warning("post failed ({}); Canvas may have the import: checking its list before posting again", getattr(e, "message", e))
             self.client.retries[getattr(e, "cause", "network")] += 1
-            self.journal.update(rec.id, next_attempt=time.time() + delay * 0.2, last_error=str(e)[:500])
+            self.journal.update(rec.id, expect=State.POSTING, next_attempt=time.time() + delay * 0.2, last_error=str(e)[:500])
             return
         crashpoint("posted")
         import_id = int(imp["id"])
         rec = self.journal.transition(
-            rec.id, State.RUNNING, "posted", import_id=import_id,
+            rec.id, State.RUNNING, "posted", expect=State.POSTING, import_id=import_id, refusals=0,
             workflow_state=imp.get("workflow_state"), progress=imp.get("progress"), posted_at=utcnow(),
         )
         mbps = (rec.size or 0) / max(1e-6, time.monotonic() - started) / 1e6
         self._log(rec).info("posted: import {} ({}), {:.1f} MB/s", import_id, imp.get("workflow_state"), mbps)
-        self.auth_backoff.reset()
+        self.throttle_backoff.reset()
+        self._cleared()
         crashpoint("running")
+
+    def _refused(self, rec: FileRecord, e: CanvasError, params: dict[str, Any]) -> None:
+        """Canvas said no to a post: about the account (keep every file, blocked) or this file
+        (fail it after REFUSAL_TRIES); the probe of the account tells which. A 401 is never
+        the file's doing."""
+        log = self._log(rec)
+        refusal: CanvasError | None = e
+        if not isinstance(e, TokenRejected):
+            try:
+                refusal = importer.probe_account(self.client, log=log, patience=self.patience)
+            except Retryable as r:
+                rec = self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}", expect=State.POSTING)
+                self._canvas_trouble(rec, r)
+                return
+        if refusal is not None:
+            rec = self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}", expect=State.POSTING, refusals=0)
+            self._blocked(rec, refusal)
+            return
+        self._cleared()
+        tries = rec.refusals + 1
+        reason = importer.file_refusal(e, params)
+        if tries >= REFUSAL_TRIES:
+            reason += f"; refused {tries} times while the account answers: it is about this file"
+            log.error("not posted: {}", reason)
+            outcome.fail(self.journal, rec.id, "refused", reason, expect=State.POSTING, refusals=tries)
+            return
+        log.warning(
+            "Canvas refused the post ({}) while the account answers: this file may be at fault; try {} of {} in {:.0f}s",
+            e.message, tries, REFUSAL_TRIES, self.refusal_spacing,
+        )
+        self.journal.transition(
+            rec.id, State.QUEUED, f"refused by Canvas (try {tries} of {REFUSAL_TRIES})", expect=State.POSTING,
+            refusals=tries, next_attempt=time.time() + self.refusal_spacing, last_error=e.message[:500],
+        )
 
     # POSTING ----------------------------------------------------------------------------
     def _resolve_post(self, rec: FileRecord) -> None:
@@ -261,34 +327,54 @@ class Worker:
                 self.client,
                 upload=rec.upload_name or "",
                 members=rec.members,
+                size=rec.size,
                 post_started=rec.post_started or time.time(),
-                our_user_id=self._our_user_id(rec),
+                post_user_id=rec.post_user_id,
                 exclude=self.journal.known_import_ids(),
                 log=log,
+                deadline=time.time() + self.patience,
             )
         except CanvasError as e:
             self._canvas_trouble(rec, e)
             return
+        self._cleared()
+        now = time.time()
         if verdict == "found" and imp is not None:
             rec = self.journal.transition(
-                rec.id, State.RUNNING, "found in Canvas's list", import_id=int(imp["id"]),
-                workflow_state=imp.get("workflow_state"), progress=imp.get("progress"), posted_at=imp.get("created_at") or utcnow(),
+                rec.id, State.RUNNING, "found in Canvas's list", expect=State.POSTING, import_id=int(imp["id"]),
+                workflow_state=imp.get("workflow_state"), progress=imp.get("progress"),
+                posted_at=imp.get("created_at") or utcnow(), waiting_for=None, absent_since=None,
             )
             self._log(rec).info("the earlier post reached Canvas as import {}: following it, not posting again", imp["id"])
-        elif verdict == "unsure":
-            log.info("Canvas has a pending import that may be this post; asking again in {:.0f}s", self.cfg.watch.poll_interval)
-            self.journal.update(rec.id, next_attempt=time.time() + self.cfg.watch.poll_interval)
-        elif time.time() < self._absent_since.setdefault(rec.id, time.time()) + self.post_grace:
+            return
+        if verdict == "waiting" and imp is not None:
+            cid = int(imp["id"])
+            say = log.warning if rec.waiting_for != cid else log.debug
+            say(
+                "waiting for import {} ({}, created {}, no files listed yet): it may be this file's post, so the file is "
+                "not posted again until that import lists its files or ends (`sisdropd discard {}` gives up on it)",
+                cid, imp.get("workflow_state"), imp.get("created_at"), rec.original_name,
+            )
+            self.journal.update(
+                rec.id, expect=State.POSTING, waiting_for=cid, absent_since=None,
+                next_attempt=now + self.cfg.watch.poll_interval,
+            )
+            return
+        if rec.waiting_for is not None:
+            log.info("import {} ended without listing files, or listed another post's: not this file's doing", rec.waiting_for)
+        since = rec.absent_since if rec.absent_since is not None and rec.waiting_for is None else now
+        if now < since + self.post_grace:
             # A request Canvas is still working on (the client gave up, the server did not)
             # shows up only when it finishes: "absent" counts once it holds a while later.
-            recheck = self._absent_since[rec.id] + self.post_grace
-            log.info("Canvas shows no import of the earlier post yet; looking again in {:.0f}s before posting again", recheck - time.time())
-            self.journal.update(rec.id, next_attempt=recheck)
-        else:
-            self._absent_since.pop(rec.id, None)
-            delay = Backoff(self.cfg.canvas.retry_initial, self.cfg.canvas.retry_max, attempt=max(0, rec.attempts - 1)).next()
-            log.info("Canvas has no import of the earlier post: posting again in {:.0f}s", delay)
-            self.journal.transition(rec.id, State.QUEUED, "not in Canvas: post again", next_attempt=time.time() + delay)
+            log.info("Canvas shows no import of the earlier post yet; looking again in {:.0f}s before posting again", since + self.post_grace - now)
+            self.journal.update(rec.id, expect=State.POSTING, waiting_for=None, absent_since=since, next_attempt=since + self.post_grace)
+            return
+        delay = Backoff(self.cfg.canvas.retry_initial, self.cfg.canvas.retry_max, attempt=max(0, rec.attempts - 1)).next()
+        log.info("Canvas has no import of the earlier post: posting again in {:.0f}s", delay)
+        self.journal.transition(
+            rec.id, State.QUEUED, "not in Canvas: post again", expect=State.POSTING, where={"waiting_for": None},
+            absent_since=None, next_attempt=now + delay,
+        )
 
     # RUNNING ----------------------------------------------------------------------------
     def _follow(self, rec: FileRecord) -> None:
@@ -297,48 +383,92 @@ class Worker:
         deadline = (rec.post_started or time.time()) + self.cfg.watch.max_wait
 
         def progress(imp: dict[str, Any]) -> None:
-            self.journal.update(rec.id, workflow_state=imp.get("workflow_state"), progress=imp.get("progress"))
+            self._cleared()
+            self.journal.update(rec.id, expect=State.RUNNING, workflow_state=imp.get("workflow_state"), progress=imp.get("progress"))
 
         try:
             imp, final = importer.follow(
                 self.client, rec.import_id, deadline=deadline, poll_interval=self.cfg.watch.poll_interval,
-                log=log, on_update=progress,
+                log=log, on_update=progress, patience=self.patience,
             )
-            if not final:
-                self._timeout(rec, imp)
+        except NotFound as e:  # the import is gone, or the whole account is refused: ask
+            try:
+                refusal = importer.probe_account(self.client, log=log, patience=self.patience)
+            except Retryable as r:
+                self._canvas_trouble(rec, r)
                 return
-        except NotFound as e:
+            if refusal is not None:
+                self._blocked(rec, refusal)
+                return
             reason = f"Canvas no longer knows import {rec.import_id} ({e.message})"
             log.error("{}", reason)
-            outcome.fail(self.journal, rec.id, "import gone", reason)
+            outcome.fail(self.journal, rec.id, "import gone", reason, expect=State.RUNNING)
             return
-        except (Retryable, TokenRejected, Forbidden) as e:
-            if isinstance(e, Retryable) and time.time() >= deadline:
-                self._timeout(rec, None)
-                return
+        except Retryable as e:
+            if time.time() >= deadline:
+                self._unreachable_at_deadline(rec, e)
+            else:
+                self._canvas_trouble(rec, e)
+            return
+        except CanvasError as e:
             self._canvas_trouble(rec, e)
             return
-        assert imp is not None
-        outcome.decide(self.journal, rec, imp)
+        self._cleared()
+        if final:
+            outcome.decide(self.journal, rec, imp)
+        else:
+            self._timeout(rec, imp)
 
-    def _timeout(self, rec: FileRecord, imp: dict[str, Any] | None) -> None:
+    def _timeout(self, rec: FileRecord, imp: dict[str, Any]) -> None:
+        """Canvas said, at or after the deadline, that the import still runs: failed/ (timeout)."""
         log = self._log(rec)
         assert rec.import_id is not None
-        state = (imp or {}).get("workflow_state") or rec.workflow_state
-        reason = f"timeout: import {rec.import_id} still {state} after max_wait ({self.cfg.watch.max_wait:g}s)"
+        name = rec.original_name
+        reason = f"timeout: import {rec.import_id} still {imp.get('workflow_state')} after max_wait ({self.cfg.watch.max_wait:g}s)"
+        may_run = (
+            f"Canvas may still run the import: `sisdropd abort {name}` stops it, and `sisdropd retry {name}` "
+            "posts the file again only once it has ended"
+        )
         if self.cfg.watch.abort_on_timeout:
             try:
-                imp = self.client.abort(rec.import_id, log=log)
+                imp = self.client.abort(rec.import_id, log=log, deadline=time.time() + self.patience)
                 reason += "; aborted in Canvas"
-            except NotFound:
-                imp = self.client.get_import(rec.import_id, log=log)  # it finished meanwhile
+            except NotFound:  # it finished meanwhile: decided by its state
+                try:
+                    imp = self.client.get_import(rec.import_id, log=log, deadline=time.time() + self.patience)
+                except CanvasError as e:
+                    self._canvas_trouble(rec, e)
+                    return
                 if importer.is_final(imp.get("workflow_state")):
                     outcome.decide(self.journal, rec, imp)
                     return
+                reason += f"; {may_run}"
+            except Retryable as e:  # ask again (and abort) at the next step
+                self._canvas_trouble(rec, e)
+                return
             except CanvasError as e:
-                reason += f"; abort failed: {e.message}"
+                reason += f"; the abort failed ({e.message}): {may_run}"
+        else:
+            reason += f"; {may_run}"
         log.error("{}", reason)
-        outcome.fail(self.journal, rec.id, "timeout", reason, sis_import=imp, workflow_state=(imp or {}).get("workflow_state"))
+        outcome.fail(self.journal, rec.id, "timeout", reason, expect=State.RUNNING, sis_import=imp, workflow_state=imp.get("workflow_state"))
+
+    def _unreachable_at_deadline(self, rec: FileRecord, e: CanvasError) -> None:
+        """max_wait has passed but Canvas cannot be asked: keep waiting for its word (logged, alerted once)."""
+        delay = self.net_backoff.next()
+        self.client.retries[e.cause] += 1
+        log = self._log(rec)
+        if (rec.id, "deadline") not in self._alerted:
+            self._alerted.add((rec.id, "deadline"))
+            reason = (
+                f"max_wait ({self.cfg.watch.max_wait:g}s) has passed, but Canvas cannot be reached to ask how import "
+                f"{rec.import_id} is ({e.message}): the file waits for Canvas's word, never sent to failed/ without it"
+            )
+            log.error("{}; asking again in {:.0f}s", reason, delay)
+            self._notify("blocked", rec, reason)
+        else:
+            log.warning("Canvas still cannot be reached about import {} ({}); asking again in {:.0f}s", rec.import_id, e.message, delay)
+        self.journal.update(rec.id, expect=State.RUNNING, next_attempt=time.time() + delay, last_error=e.message[:500])
 
     # FINISHING --------------------------------------------------------------------------
     def _finish(self, rec: FileRecord) -> None:
@@ -347,19 +477,42 @@ class Worker:
     # trouble ----------------------------------------------------------------------------
     def _canvas_trouble(self, rec: FileRecord, e: CanvasError) -> None:
         """A problem on Canvas's side or with our credentials: keep the file, wait, try again."""
-        log = self._log(rec)
-        if isinstance(e, TokenRejected):
-            delay = self.auth_backoff.next()
-            log.error("Canvas rejected the token ({}); the file stays queued, trying again in {:.0f}s", e.message, delay)
-            self._reload_token(log)
-        elif isinstance(e, Forbidden | NotFound):
-            delay = self.auth_backoff.next()
-            log.error("Canvas refused access ({}); check canvas.account_id and that SIS imports are enabled; trying again in {:.0f}s", e.message, delay)
-        else:
-            delay = self.error_backoff.next()
-            log.warning("Canvas trouble ({}); trying again in {:.0f}s", e.message, delay)
+        if isinstance(e, TokenRejected | Forbidden | NotFound | Refused):
+            self._blocked(rec, e)
+            return
+        delay = self.net_backoff.next()
+        self._log(rec).warning("Canvas trouble ({}); trying again in {:.0f}s", e.message, delay)
         self.client.retries[e.cause] += 1
-        self.journal.update(rec.id, next_attempt=time.time() + delay, last_error=e.message[:500])
+        self.journal.update(rec.id, expect=rec.state, next_attempt=time.time() + delay, last_error=e.message[:500])
+
+    def _blocked(self, rec: FileRecord, e: CanvasError) -> None:
+        """Canvas refuses the account itself: every file waits, in order. Said once (log and
+        a "blocked" alert) until it clears; a refused token is read again each time."""
+        log = self._log(rec)
+        what = importer.account_refusal(e, self.cfg.canvas.account_id)
+        delay = self.auth_backoff.next()
+        if isinstance(e, TokenRejected):
+            self._reload_token(log)
+        if self.blocked != what:
+            self.blocked = what
+            log.error("blocked: {}. Every file waits in the queue, in order, until Canvas accepts the account again (asking every {:g}s at most)", what, self.cfg.canvas.retry_max)
+            self._notify("blocked", rec, what)
+        else:
+            log.debug("still blocked: {} (asking again in {:.0f}s)", what, delay)
+        self.client.retries[e.cause] += 1
+        self.journal.update(rec.id, expect=rec.state, next_attempt=time.time() + delay, last_error=e.message[:500])
+
+    def _cleared(self) -> None:
+        """Canvas answered: a refusal of the account is over (said so), the backoffs start again."""
+        if self.blocked is not None:
+            logger.info("unblocked: Canvas accepts the account again (it refused: {}); the queue moves on", self.blocked)
+            self.blocked = None
+        self.auth_backoff.reset()
+        self.net_backoff.reset()
+
+    def _notify(self, event: str, rec: FileRecord, reason: str) -> None:
+        if self.notifier is not None:
+            self.notifier.send(event, {"file": rec.original_name, "import_id": rec.import_id, "state": rec.workflow_state, "reason": reason})
 
     def _reload_token(self, log: Any) -> None:
         """The operator may have put a new token in place: read it again from its source."""
@@ -370,6 +523,7 @@ class Worker:
             return
         add_secret(token)
         self.client.set_token(token)
+        self._token_epoch += 1  # its Canvas user is asked again before the next post
 
     # views ------------------------------------------------------------------------------
     def in_flight(self) -> FileRecord | None:
@@ -389,5 +543,10 @@ class Worker:
         s = f"{len(recs) - len(active)} queued"
         if active:
             r = active[0]
-            s += f"; {r.original_name} #{r.import_id or '?'} {r.workflow_state or r.state} {r.progress or 0}%"
+            if r.waiting_for is not None:
+                s += f"; {r.original_name} waits for import {r.waiting_for} to list its files"
+            else:
+                s += f"; {r.original_name} #{r.import_id or '?'} {r.workflow_state or r.state} {r.progress or 0}%"
+        if self.blocked:
+            s += f"; BLOCKED: {self.blocked}"
         return s

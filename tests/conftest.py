@@ -4,6 +4,7 @@ process, and a check that no test leaves a thread running. Helpers are in tests/
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,28 @@ def sim(tmp_path: Path) -> Iterator[FakeCanvas]:
     s.start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """``tmpfs(name, size)``: a real second filesystem (a tmpfs mounted at tmp_path/name) for
+    moves across filesystems; skips the test, saying why, where it cannot be mounted."""
+    mounted: list[Path] = []
+
+    def make(name: str, size: str) -> Path:
+        p = tmp_path / name
+        p.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs (a second filesystem) needs root")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(p)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+        mounted.append(p)
+        return p
+
+    yield make
+    for p in mounted:
+        subprocess.run(["umount", "-l", str(p)], capture_output=True)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from sisdropd.canvas import client_for
 from sisdropd.folders import Folders
 from sisdropd.intake import Intake, Taken
 from sisdropd.journal import FileRecord, Journal
+from sisdropd.notify import Notifier
 from sisdropd.simulator import FakeCanvas
 from sisdropd.worker import Worker
 
@@ -176,6 +177,27 @@ class Inbox:
         self.journal.close()
 
 
+RECORDER = """\
+import json, sys
+doc = json.load(sys.stdin)
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps(doc) + "\\n")
+"""
+
+
+def recorder(tmp: Path) -> tuple[list[str], Path]:
+    """A notify command that appends each event (JSON) to a file: (its argv, the file)."""
+    script, out = tmp / "record_alert.py", tmp / "alerts.jsonl"
+    script.write_text(RECORDER)
+    return [sys.executable, str(script), str(out)], out
+
+
+def alerts(out: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The events a ``recorder`` wrote, of kind ``event`` (all when None)."""
+    docs = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return [d for d in docs if event is None or d["event"] == event]
+
+
 USERS = "user_id,login_id,first_name,last_name,status\nu1,ada,Ada,Lovelace,active\nu2,alan,Alan,Turing,active\n"
 
 
@@ -215,7 +237,9 @@ class Rig:
         self.stop = threading.Event()
         self.client = client_for(self.cfg, TOKEN, stop=self.stop)
         self.intake = Intake(self.cfg, self.journal, self.folders)
-        self.worker = Worker(self.cfg, self.journal, self.client, self.folders, stop=self.stop)
+        n = self.cfg.notify
+        self.notifier = Notifier(n) if n.command or n.webhook else None
+        self.worker = Worker(self.cfg, self.journal, self.client, self.folders, stop=self.stop, notifier=self.notifier)
 
     def drop(self, name: str, data: str | bytes, mtime: float | None = None) -> int:
         """Write ``name`` into inbox/ and take it through the intake, as the watcher would; its record id."""
@@ -223,11 +247,32 @@ class Rig:
         path.write_bytes(data.encode() if isinstance(data, str) else data)
         if mtime is not None:
             os.utime(path, (mtime, mtime))
+        return self.drop_entry(name)
+
+    def drop_entry(self, name: str) -> int:
+        """Take the inbox entry ``name`` (any kind: a FIFO too) through the intake; its record id."""
+        path = self.folders.inbox / name
         assert self.intake.take(path, os.lstat(path)) == Taken.TAKEN
         return max(r.id for r in self.journal.select() if r.original_name == name)
 
     def drain(self, timeout: float = 20.0) -> None:
         assert self.worker.drain(timeout), f"still open after {timeout}s: {self.journal.open_records()}"
+
+    def run_until(self, cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
+        """Run the worker's steps (honouring each record's next_attempt) until ``cond()`` holds."""
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+            rec = self.journal.next_queued()
+            assert rec is not None, f"nothing left to do, and still not {what}"
+            if rec.next_attempt > time.time():
+                time.sleep(min(0.05, rec.next_attempt - time.time()))
+                continue
+            self.worker._attempt(rec)
+
+    def posts(self) -> int:
+        """Create requests the simulator received (answered or not)."""
+        return sum(1 for method, path, _ in self.sim.request_log() if method == "POST" and path.endswith("/sis_imports"))
 
     def events(self, file_id: int) -> list[tuple[str | None, str, str | None]]:
         return self.journal.events(file_id)
@@ -243,6 +288,8 @@ class Rig:
 
     def close(self) -> None:
         self.stop.set()
+        if self.notifier is not None:
+            self.notifier.close(timeout=5)
         self.client.close()
         self.journal.close()
 

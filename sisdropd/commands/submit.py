@@ -87,11 +87,11 @@ def submit(
             log.warning("post failed ({}); looking for it in Canvas", e.message)
             members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
             verdict, found = importer.find_posted(
-                client, upload=upload, members=members, post_started=started, our_user_id=None,
+                client, upload=upload, members=members, post_started=started, post_user_id=None,
                 exclude=set(), log=log, deadline=time.time() + 2 * c.timeout,
             )
             if found is None:
-                say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'unsure' else 'not '}posted")
+                say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'waiting' else 'not '}posted")
                 return EXIT_GAVE_UP
             imp = found
         import_id = int(imp["id"])
@@ -104,6 +104,7 @@ def submit(
             return EXIT_OK
         final_imp, final = importer.follow(
             client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log, on_update=shown.canvas,
+            patience=2 * c.timeout,
         )
         shown.clear()
         if not final:

@@ -28,6 +28,7 @@ from sisdropd.commands import (
     EXIT_FAILED,
     EXIT_GAVE_UP,
     EXIT_OK,
+    EXIT_USAGE,
     as_state_owner,
     config_of,
     say,
@@ -114,6 +115,9 @@ def _confirm(count: int) -> bool:
 
 def abort(args: argparse.Namespace) -> int:
     """``sisdropd abort``: the import in flight (``commands.control``), or ``--all-pending``."""
+    if args.all_pending and args.name:
+        say("abort --all-pending takes no NAME (it aborts every pending import of the account)")
+        return EXIT_USAGE
     if not args.all_pending:
         if args.yes:
             say("--yes goes with --all-pending (abort alone asks nothing)")

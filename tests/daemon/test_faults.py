@@ -149,28 +149,6 @@ def test_token_revoked_while_an_import_runs(drop: Drop, daemon, tmp_path: Path) 
     assert len(drop.sim.imports()) == 1 and not drop.outcomes("failed")
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    return r.returncode == 0
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path):
-    mounted: list[Path] = []
-
-    def make(name: str, size: str) -> Path:
-        p = tmp_path / name
-        if os.geteuid() != 0 or not _mount_tmpfs(p, size):
-            pytest.skip("needs root to mount a tmpfs")
-        mounted.append(p)
-        return p
-
-    yield make
-    for p in mounted:
-        subprocess.run(["umount", "-l", str(p)], capture_output=True)
-
-
 def test_done_on_another_filesystem_copies_fsyncs_and_unlinks(drop: Drop, daemon, tmpfs) -> None:
     other = tmpfs("otherfs", "20m")
     drop.write(folders={"done": str(other / "done")})

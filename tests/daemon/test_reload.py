@@ -35,7 +35,7 @@ def test_sighup_applies_live_keys_and_names_restart_ones(drop: Drop, daemon, tmp
     assert any(line.startswith("folders.root: ") and "needs a restart" in line for line in lines), lines
     assert "watch.settle_seconds: 0.5 -> 0.2" in lines
     assert "log.level: 'INFO' -> 'DEBUG'" in lines
-    assert "notify.events: ['failed', 'held', 'stale'] -> ['failed', 'done']" in lines
+    assert "notify.events: ['failed', 'held', 'stale', 'blocked'] -> ['failed', 'done']" in lines
     assert "import.override_sis_stickiness: unset -> true" in lines
     assert "rules[0]: unset -> match 'special_(?P<n>\\w+)\\.csv' import {\"diffing_data_set_identifier\": \"sp-{n}\"}" in lines, lines
     assert len(lines) == 7, lines  # one line per changed key, nothing else

@@ -179,11 +179,11 @@ def test_journal_transitions_are_checked_and_recorded(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     fid = j.add(original_name="users.csv", stored_name="x-users.csv", size=10, mtime=1.0)
     with pytest.raises(TransitionError):
-        j.transition(fid, State.DONE)
-    j.transition(fid, State.POSTING, upload_name="u.csv")
-    j.transition(fid, State.RUNNING, import_id=7)
-    j.transition(fid, State.FINISHING, outcome="done", sis_import={"id": 7})
-    j.transition(fid, State.DONE)
+        j.transition(fid, State.DONE, expect=State.QUEUED)
+    j.transition(fid, State.POSTING, expect=State.QUEUED, upload_name="u.csv")
+    j.transition(fid, State.RUNNING, expect=State.POSTING, import_id=7)
+    j.transition(fid, State.FINISHING, expect=State.RUNNING, outcome="done", sis_import={"id": 7})
+    j.transition(fid, State.DONE, expect=State.FINISHING)
     assert [e[1] for e in j.events(fid)] == ["queued", "posting", "running", "finishing", "done"]
     rec = j.get(fid)
     assert rec.import_id == 7 and rec.sis_import == {"id": 7} and rec.state == State.DONE
@@ -198,11 +198,11 @@ def test_journal_next_prefers_active_then_oldest_mtime(tmp_path: Path) -> None:
     a = j.add(original_name="a.csv", stored_name="a", size=1, mtime=2.0)
     old = j.add(original_name="z.csv", stored_name="z", size=1, mtime=1.0)
     assert j.next_queued().id == old
-    j.transition(b, State.POSTING)
+    j.transition(b, State.POSTING, expect=State.QUEUED)
     assert j.next_queued().id == b
-    j.transition(b, State.QUEUED)
+    j.transition(b, State.QUEUED, expect=State.POSTING)
     assert j.next_queued().id == old
-    j.transition(old, State.LOST)
+    j.transition(old, State.LOST, expect=State.QUEUED)
     assert j.next_queued().id == a  # same mtime: by name
 
 
@@ -253,7 +253,7 @@ def test_active_is_every_open_state_past_the_queue(tmp_path: Path) -> None:
     late = j.add(original_name="late.csv", stored_name="l", size=1, mtime=5.0)
     early = j.add(original_name="early.csv", stored_name="e", size=1, mtime=1.0)
     assert [r.id for r in j.queued()] == [early, late] and j.active() == []
-    j.transition(late, State.POSTING)
+    j.transition(late, State.POSTING, expect=State.QUEUED)
     assert [r.id for r in j.active()] == [late] and [r.id for r in j.queued()] == [early]
     j.close()
 

@@ -2,23 +2,26 @@
 
 ``attachment_matches`` decides whether an import's ``csv_attachments`` are what our post
 produces; ``find_posted`` looks through Canvas's list (the simulator, over HTTP) and says
-"found", "unsure" (a pending import of ours cannot be told apart yet) or "absent" (posting
-again is safe).
+"found", "waiting" (an import of the post's user that lists no files yet, in any non-final
+state, cannot be told apart yet) or "absent" (no candidate: posting again is safe once
+that holds for the grace period). The worker's side is in test_lost_answer.py.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import time
 import zipfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sisdropd import importer
-from sisdropd.canvas import CanvasClient, client_for
+from sisdropd.canvas import CanvasClient, Refused, client_for
 from sisdropd.config import from_dict
 from sisdropd.simulator import FakeCanvas
 from tests.support import TOKEN, USERS, wait_for
@@ -91,8 +94,8 @@ def post(client: CanvasClient, tmp_path: Path, name: str, data: bytes, upload: s
     return client.create_import(path, upload_name=upload, params={"import_type": "instructure_csv"})
 
 
-def find(client: CanvasClient, upload: str, since: float, **kw: Any) -> tuple[str, dict[str, Any] | None]:
-    args: dict[str, Any] = {"members": None, "our_user_id": 17, "exclude": set(), **kw}
+def find(client: CanvasClient, upload: str | re.Pattern[str], since: float, **kw: Any) -> tuple[str, dict[str, Any] | None]:
+    args: dict[str, Any] = {"members": None, "post_user_id": 17, "exclude": set(), **kw}
     return importer.find_posted(client, upload=upload, post_started=since, **args)
 
 
@@ -100,12 +103,18 @@ def started(client: CanvasClient, import_id: int) -> bool:
     return bool(client.get_import(import_id).get("csv_attachments"))
 
 
+def state_of(client: CanvasClient, import_id: int) -> str:
+    return str(client.get_import(import_id)["workflow_state"])
+
+
 def test_found_once_canvas_lists_its_attachments(client: CanvasClient, tmp_path: Path) -> None:
     t0 = time.time()
     imp = post(client, tmp_path, "users.csv", USERS.encode(), UPLOAD)
     wait_for(lambda: started(client, imp["id"]), 10, what="the import to start")
-    verdict, found = find(client, UPLOAD, t0)
+    verdict, found = find(client, UPLOAD, t0, size=len(USERS))
     assert verdict == "found" and found is not None and found["id"] == imp["id"]
+    # The name alone is not enough when the size is known: another size is another file.
+    assert find(client, UPLOAD, t0, size=len(USERS) + 1) == ("absent", None)
 
 
 def test_found_for_a_zip_by_its_members(client: CanvasClient, tmp_path: Path) -> None:
@@ -119,15 +128,54 @@ def test_found_for_a_zip_by_its_members(client: CanvasClient, tmp_path: Path) ->
     assert verdict == "found" and found is not None and found["id"] == imp["id"]
 
 
-def test_unsure_while_one_of_our_imports_is_pending_without_attachments(client: CanvasClient, sim: FakeCanvas, tmp_path: Path) -> None:
+def test_waiting_while_one_of_our_imports_is_pending_without_attachments(client: CanvasClient, sim: FakeCanvas, tmp_path: Path) -> None:
     sim.set_outcome("users", "stuck")  # stays `created`: Canvas has not unpacked the upload yet
     t0 = time.time()
     imp = post(client, tmp_path, "users.csv", USERS.encode(), UPLOAD)
-    assert client.get_import(imp["id"])["workflow_state"] == "created"
-    assert find(client, "sisdrop-ffffffffffffffff-users.csv", t0) == ("unsure", None)  # may be ours: wait
+    assert state_of(client, imp["id"]) == "created"
+    verdict, cand = find(client, "sisdrop-ffffffffffffffff-users.csv", t0)
+    assert verdict == "waiting" and cand is not None and cand["id"] == imp["id"]  # may be ours: wait
     # ... unless it is known to be another file's, or another user's.
     assert find(client, "sisdrop-ffffffffffffffff-users.csv", t0, exclude={imp["id"]}) == ("absent", None)
-    assert find(client, "sisdrop-ffffffffffffffff-users.csv", t0, our_user_id=999) == ("absent", None)
+    assert find(client, "sisdrop-ffffffffffffffff-users.csv", t0, post_user_id=999) == ("absent", None)
+
+
+def test_waiting_while_our_import_is_importing_but_not_yet_unpacked(client: CanvasClient, sim: FakeCanvas, tmp_path: Path) -> None:
+    """Canvas saves `importing` before it has fetched and unpacked the upload (§9): no files
+    listed then proves nothing."""
+    sim.set_outcome("users", None, attachments_delay=30)
+    t0 = time.time()
+    imp = post(client, tmp_path, "users.csv", USERS.encode(), UPLOAD)
+    wait_for(lambda: state_of(client, imp["id"]) == "importing", 10, what="importing")
+    verdict, cand = find(client, "sisdrop-ffffffffffffffff-users.csv", t0)
+    assert verdict == "waiting" and cand is not None and cand["id"] == imp["id"]
+
+
+def test_an_import_that_ended_without_listing_files_is_no_candidate(client: CanvasClient, sim: FakeCanvas, tmp_path: Path) -> None:
+    sim.set_outcome("users", "failed_early", error_message="Could not fetch the upload")
+    t0 = time.time()
+    imp = post(client, tmp_path, "users.csv", USERS.encode(), UPLOAD)
+    wait_for(lambda: state_of(client, imp["id"]) == "failed", 10, what="the early failure")
+    assert not client.get_import(imp["id"]).get("csv_attachments")
+    assert find(client, UPLOAD, t0) == ("absent", None)  # it changed nothing in Canvas
+
+
+def test_a_batch_stuck_initializing_stops_being_a_candidate_after_a_time_growing_with_size(client: CanvasClient, tmp_path: Path) -> None:
+    """A parameter Canvas rejects after saving the batch leaves it `initializing` for ever
+    (§2.4); Canvas stores the upload in that state, so a big file's batch gets longer."""
+    t0 = time.time()
+    path = tmp_path / "users.csv"
+    path.write_bytes(USERS.encode())
+    with pytest.raises(Refused):
+        client.create_import(path, upload_name=UPLOAD, params={"import_type": "instructure_csv", "diffing_drop_status": "bogus"})
+    [stuck] = [i for i in client.list_imports(created_since=importer.iso(t0 - 60)) if i["workflow_state"] == "initializing"]
+    created = datetime.fromisoformat(stuck["created_at"].replace("Z", "+00:00")).timestamp()
+    small, big = 1_000, 100_000_000
+    assert importer.initializing_limit(big) > importer.initializing_limit(small) + 60
+    just_past_small = created + importer.initializing_limit(small) + 1
+    assert find(client, "sisdrop-ffffffffffffffff-users.csv", t0, size=small, now=created + 60)[0] == "waiting"
+    assert find(client, "sisdrop-ffffffffffffffff-users.csv", t0, size=small, now=just_past_small) == ("absent", None)
+    assert find(client, "sisdrop-ffffffffffffffff-users.csv", t0, size=big, now=just_past_small)[0] == "waiting"
 
 
 def test_absent_when_canvas_has_no_import_of_the_post(client: CanvasClient, tmp_path: Path) -> None:
@@ -136,3 +184,13 @@ def test_absent_when_canvas_has_no_import_of_the_post(client: CanvasClient, tmp_
     imp = post(client, tmp_path, "users.csv", USERS.encode(), "sisdrop-ffffffffffffffff-users.csv")
     wait_for(lambda: started(client, imp["id"]), 10, what="the other import to start")
     assert find(client, UPLOAD, t0) == ("absent", None)  # another post, with its files listed: not ours
+
+
+def test_a_lost_journal_finds_a_post_by_the_ending_of_its_upload_name_and_size(client: CanvasClient, tmp_path: Path) -> None:
+    t0 = time.time()
+    imp = post(client, tmp_path, "users.csv", USERS.encode(), importer.upload_name("users.csv"))
+    wait_for(lambda: started(client, imp["id"]), 10, what="the import to start")
+    verdict, found = find(client, importer.upload_pattern("users.csv"), t0, size=len(USERS))
+    assert verdict == "found" and found is not None and found["id"] == imp["id"]
+    assert find(client, importer.upload_pattern("courses.csv"), t0, size=len(USERS)) == ("absent", None)
+    assert find(client, importer.upload_pattern("users.csv"), t0, size=len(USERS) - 1) == ("absent", None)

@@ -51,8 +51,10 @@ def test_an_old_journal_gets_the_new_columns_and_keeps_its_totals(tmp_path: Path
     state = tmp_path / "state"
     j = Journal(state)
     fid = j.add(original_name="a.csv", stored_name="x-a.csv", size=1, mtime=0)
-    for to, note in ((State.POSTING, "posting"), (State.RUNNING, "posted"), (State.FINISHING, "imported"), (State.DONE, "moved")):
-        j.transition(fid, to, note, workflow_state="imported" if to == State.FINISHING else None, outcome="done")
+    steps = ((State.QUEUED, State.POSTING, "posting"), (State.POSTING, State.RUNNING, "posted"),
+             (State.RUNNING, State.FINISHING, "imported"), (State.FINISHING, State.DONE, "moved"))
+    for was, to, note in steps:
+        j.transition(fid, to, note, expect=was, workflow_state="imported" if to == State.FINISHING else None, outcome="done")
     j.close()
     db = sqlite3.connect(state / "journal.sqlite3")  # as the previous version left it
     db.execute("ALTER TABLE files DROP COLUMN import_params")
