@@ -67,6 +67,7 @@ def _record_json(r: FileRecord) -> dict[str, Any]:
         "warnings": counts.get("warning_count"),
         "errors": counts.get("error_count"),
         "last_error": r.last_error,
+        "waiting_for": r.waiting_for,
         "next_attempt": (
             datetime.fromtimestamp(r.next_attempt, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             if r.next_attempt > time.time()
@@ -94,6 +95,7 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
         queued = j.queued()
         active = j.active()
         held = j.in_states({State.HELD})
+        moving = j.in_states({State.MOVING})
         recent = j.recent(limit)
         paused = pause_flag(state_dir).exists()
     finally:
@@ -104,6 +106,7 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
             "queued": [_record_json(r) for r in queued],
             "in_flight": _record_json(active[0]) if active else None,
             "held": [_record_json(r) for r in held],
+            "moving": [{**_record_json(r), "intent": r.intent} for r in moving],
             "recent": [_record_json(r) for r in recent],
         }
         print(redact(json.dumps(doc, indent=2, ensure_ascii=False)))
@@ -120,10 +123,19 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
             f"in flight: {r.original_name}  import {r.import_id or '?'}  {r.workflow_state or r.state}"
             f"  {r.progress or 0}%  running {_age(r.posted_at or r.taken_at)}"
         )
+        if r.waiting_for is not None:
+            say(
+                f"  its post's answer was lost: waiting for import {r.waiting_for}, which Canvas lists without its"
+                f" files yet, to show them or end (sisdropd status {r.waiting_for}; sisdropd discard {r.original_name})"
+            )
         if r.last_error and r.next_attempt > time.time():
             say(f"  waiting to retry: {r.last_error}")
     else:
         say("in flight: none")
+    for r in moving:
+        command = (r.intent or {}).get("command", "a move")
+        again = f", or run sisdropd {command} {r.original_name} again" if command in ("release", "discard", "retry") else ""
+        say(f"moving: {r.original_name} ({command} half-done: the daemon finishes it at its next start{again})")
     if held:
         say(f"held: {len(held)} (sisdropd release NAME / discard NAME)")
         for r in held:

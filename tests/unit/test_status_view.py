@@ -1,0 +1,45 @@
+"""``sisdropd status`` shows what an operator must know about files between states: a file
+whose lost post waits for a look-alike import (which import, and how to discard it), and a
+release/discard/retry left half-done (who finishes it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sisdropd import config
+from sisdropd.commands.status import journal_status
+from sisdropd.journal import Journal
+from sisdropd.lifecycle import State
+
+
+def _cfg(tmp_path: Path) -> config.Config:
+    return config.from_dict(
+        {"canvas": {"base_url": "http://127.0.0.1:9", "account_id": "1"}, "folders": {"root": str(tmp_path / "drop")}}
+    )
+
+
+def test_status_names_the_import_a_waiting_file_waits_for_and_a_half_done_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = _cfg(tmp_path)
+    j = Journal(cfg.folders.path("state_dir"))
+    try:
+        waiting = j.add(original_name="users.csv", stored_name="x-users.csv", size=10, mtime=1)
+        j.transition(waiting, State.POSTING, "posting", expect=State.QUEUED, upload_name="sisdrop-1-users.csv")
+        j.update(waiting, waiting_for=4821)
+        moving = j.add(original_name="enroll.csv", stored_name="y-enroll.csv", size=10, mtime=2)
+        intent = {"command": "release", "from": ["held", "y-enroll.csv"], "to": ["processing", "y-enroll.csv"]}
+        j.transition(moving, State.MOVING, "held", expect=State.QUEUED, intent=intent)
+    finally:
+        j.close()
+    assert journal_status(cfg) == 0
+    text = capsys.readouterr().out
+    assert "waiting for import 4821" in text and "sisdropd discard users.csv" in text, text
+    assert "moving: enroll.csv (release half-done" in text and "sisdropd release enroll.csv again" in text, text
+    assert journal_status(cfg, as_json=True) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["in_flight"]["waiting_for"] == 4821
+    assert [(m["original_name"], m["intent"]["command"]) for m in doc["moving"]] == [("enroll.csv", "release")]
