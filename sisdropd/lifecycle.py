@@ -26,8 +26,11 @@ class State(StrEnum):
 
 ALLOWED: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.POSTING, State.FINISHING, State.HELD, State.LOST}),
-    # Back to QUEUED only once Canvas provably has no import of this post.
-    State.POSTING: frozenset({State.RUNNING, State.QUEUED, State.FINISHING, State.LOST}),
+    # Back to QUEUED only once Canvas provably has no import of this post: it is not in
+    # Canvas's list, or the body never reached its end (cut, or failed before it).
+    # FINISHING and HELD: a check run while the file was sent rejected it, or the change
+    # guard held it, and the request was cut before its last bytes.
+    State.POSTING: frozenset({State.RUNNING, State.QUEUED, State.FINISHING, State.HELD, State.LOST}),
     State.RUNNING: frozenset({State.FINISHING, State.LOST}),
     State.FINISHING: frozenset({State.DONE, State.FAILED, State.LOST}),
     State.HELD: frozenset({State.QUEUED, State.FINISHING, State.LOST}),

@@ -44,14 +44,16 @@ class Result:
 # -- held/: the worker's side --------------------------------------------------------------
 def hold(
     cfg: Config, journal: Journal, folders: Folders, rec: FileRecord, verdict: guard.Verdict,
-    counts: dict[str, int], notifier: Notifier | None = None,
+    counts: dict[str, int], notifier: Notifier | None = None, sha256: str | None = None,
 ) -> None:
-    """QUEUED -> HELD: the file waits in held/ for an operator (release or discard); logged, alerted."""
+    """QUEUED (or POSTING, its body cut) -> HELD: the file waits in held/ for an operator
+    (release or discard); logged, alerted. ``sha256`` is that of the bytes judged: a
+    release accepts those bytes only."""
     reason = f"held by the change guard: {verdict.why}"
     info = {"dataset": verdict.dataset, "why": verdict.why, "counts": verdict.table()}
     rec = journal.transition(
         rec.id, State.HELD, "change guard", outcome_reason=reason, guard=info, counts=counts,
-        sha256=sha256_or_none(folders.processing / rec.stored_name),
+        sha256=sha256 or sha256_or_none(folders.processing / rec.stored_name),
     )
     park(cfg, folders, rec)
     log = log_event(rec.original_name, rec.import_id)

@@ -5,8 +5,13 @@ until nothing is left: tests, tools) repeatedly pick the journal's next file (an
 already under way first, else the oldest mtime) and perform the one step its state calls
 for:
 
-    QUEUED     pre-flight check; rejected -> FINISHING(failed); held by the change guard
-               -> HELD; else record the post -> POSTING, and post
+    QUEUED     open the file once (``posting``: a private copy if it has another hard
+               link); checked up front: rejected -> FINISHING(failed), held by the change
+               guard -> HELD; else record the post -> POSTING, and post from that
+               descriptor. Checked while sent (big CSVs), the same verdicts come before
+               the body's last bytes, cutting the request (POSTING -> FINISHING or HELD);
+               bytes that are not the ones checked -> QUEUED, checked again. None of
+               these looks in Canvas's list: Canvas never had a complete body
     POSTING    (answer lost, or a restart) look in Canvas's list: found -> RUNNING;
                provably absent for the grace period -> QUEUED (post again);
                a pending look-alike -> ask again later
@@ -21,20 +26,20 @@ through ``intake``; start-up repairs are ``recovery``'s; the end of a file's lif
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
 
 from loguru import logger
 
-from sisdropd import guard, importer, operator, outcome, preflight
+from sisdropd import guard, importer, operator, outcome, posting, preflight
 from sisdropd.canvas import (
     Backoff,
     CanvasClient,
     CanvasError,
     Forbidden,
     NotFound,
+    NotSent,
     RateLimited,
     Refused,
     Retryable,
@@ -43,7 +48,6 @@ from sisdropd.canvas import (
 )
 from sisdropd.config import Config, TokenError, read_token
 from sisdropd.crashpoint import crashpoint
-from sisdropd.files import sha256_of, sha256_or_none
 from sisdropd.folders import Folders
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import ACTIVE, State
@@ -155,47 +159,70 @@ class Worker:
     # QUEUED -----------------------------------------------------------------------------
     def _prepare_and_post(self, rec: FileRecord) -> None:
         path, log = self.folders.processing / rec.stored_name, self._log(rec)
-        if not os.path.lexists(path):
+        params = self.cfg.params_for(rec.original_name)
+        try:
+            out = posting.Outgoing.open(path, name=rec.original_name, rules=posting.Rules.of(self.cfg, params), private=True)
+        except FileNotFoundError:
             self.journal.transition(rec.id, State.LOST, "vanished before it was posted")
             log.error("the file vanished from processing/ before it was posted; record closed")
             return
-        w = self.cfg.watch
-        params = self.cfg.params_for(rec.original_name)
-        report = preflight.check_path(
-            path,
-            name=rec.original_name,
-            import_type=str(params.get("import_type", "instructure_csv")),
-            extensions=w.extensions,
-            limits=preflight.Limits(max_bytes=w.max_bytes),
-            validate_content=w.validate,
-        )
-        for warn in report.warnings[:5]:
-            log.warning("pre-flight: {}", warn)
-        if not report.ok:
-            problems = [str(p) for p in report.problems]
-            reason = "rejected by the pre-flight check: " + (report.problems[0].message if report.problems else "?")
-            for p in problems[:5]:
-                log.warning("rejected: {}", p)
-            outcome.fail(self.journal, rec.id, "rejected", reason, problems=problems, sha256=sha256_or_none(path), size=report.size)
-            return
-        if guard.applies(self.cfg.guard, params) and not rec.guard_accepted:
-            key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
-            verdict = guard.judge(self.cfg.guard, key, self.journal.dataset_counts(key), report.counts)
-            if verdict.hold:
-                operator.hold(self.cfg, self.journal, self.folders, rec, verdict, report.counts, self.notifier)
+        with out:
+            if out.copied:
+                log.warning("it has another hard link, through which it could still be written: posting a private copy")
+            report = out.report  # None: checked while it is sent
+            if report is not None:
+                self._warnings(rec, report)
+                if not report.ok:
+                    self._reject(rec, report)
+                    return
+                verdict = self._guard(rec, params, report)
+                if verdict is not None:
+                    operator.hold(self.cfg, self.journal, self.folders, rec, verdict, report.counts, self.notifier, sha256=report.sha256)
+                    return
+            user_id = self._our_user_id(rec)
+            if user_id is None:
                 return
-        user_id = self._our_user_id(rec)
-        if user_id is None:
-            return
-        members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
-        upload = importer.upload_name(rec.original_name)
-        rec = self.journal.transition(
-            rec.id, State.POSTING, "posting", upload_name=upload, members=members,
-            counts=report.counts, sha256=report.sha256 or sha256_of(path), size=report.size,
-            post_started=time.time(), attempts=rec.attempts + 1,
-        )
-        crashpoint("before_post")
-        self._post(rec)
+            members = [[m.basename, m.size] for m in report.members] if report is not None and report.kind == "zip" else None
+            checked = {} if report is None else {"counts": report.counts, "sha256": report.sha256}
+            upload = importer.upload_name(rec.original_name)
+            posting_rec = self.journal.transition(
+                rec.id, State.POSTING, "posting", upload_name=upload, members=members, size=out.size,
+                post_started=time.time(), attempts=rec.attempts + 1, **checked,
+            )
+            crashpoint("before_post")
+            self._post(posting_rec, out, params, judged_as=rec)
+
+    def _warnings(self, rec: FileRecord, report: preflight.Report) -> None:
+        for warn in report.warnings[:5]:
+            self._log(rec).warning("pre-flight: {}", warn)
+
+    def _reject(self, rec: FileRecord, report: preflight.Report) -> None:
+        """Failed by the pre-flight check (QUEUED, or POSTING with its body never completed)."""
+        log = self._log(rec)
+        problems = [str(p) for p in report.problems]
+        reason = "rejected by the pre-flight check: " + (report.problems[0].message if report.problems else "?")
+        for p in problems[:5]:
+            log.warning("rejected: {}", p)
+        outcome.fail(self.journal, rec.id, "rejected", reason, problems=problems, sha256=report.sha256, size=report.size)
+
+    def _guard(self, rec: FileRecord, params: dict[str, Any], report: preflight.Report) -> guard.Verdict | None:
+        """The change guard's verdict when it holds the file, else None.
+
+        A file an operator released is not judged again while its bytes are the ones
+        accepted (the hash journaled when it was held); other bytes are judged afresh.
+        """
+        if not guard.applies(self.cfg.guard, params):
+            return None
+        if rec.guard_accepted:
+            if rec.sha256 is not None and rec.sha256 == report.sha256:
+                return None
+            self._log(rec).warning(
+                "its bytes are not the ones the operator released (sha256 {}, now {}): the change guard judges it again",
+                (rec.sha256 or "unknown")[:12], (report.sha256 or "unknown")[:12],
+            )
+        key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
+        verdict = guard.judge(self.cfg.guard, key, self.journal.dataset_counts(key), report.counts)
+        return verdict if verdict.hold else None
 
     def _our_user_id(self, rec: FileRecord) -> int | None:
         """The token's Canvas user id (cached), used to recognise our imports after a crash."""
@@ -211,13 +238,40 @@ class Worker:
         self.journal.set_meta(key, str(me["id"]))
         return int(me["id"])
 
-    def _post(self, rec: FileRecord) -> None:
+    def _post(self, rec: FileRecord, out: posting.Outgoing, params: dict[str, Any], judged_as: FileRecord) -> None:
+        """Post ``out`` for the POSTING record ``rec`` (``judged_as``: the record as it was
+        queued, whose guard acceptance counts), and record what came of it."""
         log = self._log(rec)
-        params = self.cfg.params_for(rec.original_name)
         log.info("posting {} bytes as {} ({})", rec.size, rec.upload_name, ", ".join(f"{k}={v}" for k, v in params.items()))
         started = time.monotonic()
+
+        def judge(report: preflight.Report) -> None:
+            """Checked while sent: the verdict before the body's last bytes go."""
+            self._warnings(rec, report)
+            verdict = self._guard(judged_as, params, report)
+            if verdict is not None:
+                raise posting.Held(verdict, report)
+            # What is about to be posted, durable before Canvas can have a complete body.
+            self.journal.update(rec.id, sha256=report.sha256, counts=report.counts)
+
         try:
-            imp = self.client.create_import(self.folders.processing / rec.stored_name, upload_name=rec.upload_name or "", params=params)
+            imp = self.client.create_import(out.source(judge), upload_name=rec.upload_name or "", params=params)
+        except posting.Rejected as e:
+            report = e.report or out.finish_check()
+            assert report is not None
+            self._warnings(rec, report)
+            log.warning("the upload was cut before its last bytes: the file fails the pre-flight check")
+            self._reject(rec, report)
+            return
+        except posting.Held as e:
+            log.warning("the upload was cut before its last bytes: the change guard holds the file")
+            operator.hold(self.cfg, self.journal, self.folders, rec, e.verdict, e.report.counts, self.notifier, sha256=e.report.sha256)
+            return
+        except posting.Changed as e:
+            delay = self.cfg.watch.settle_seconds
+            log.warning("the upload was cut before its last bytes, Canvas got nothing: {}; checked again in {:g}s", e, delay)
+            self.journal.transition(rec.id, State.QUEUED, f"not posted: {e}", next_attempt=time.time() + delay, last_error=str(e)[:500])
+            return
         except Refused as e:
             reason = f"Canvas refused the import: {e.message}"
             log.error("{}", reason)
@@ -234,6 +288,16 @@ class Worker:
             self.client.retries[e.cause] += 1
             log.warning("post throttled by Canvas ({}): not posted, posting again in {:.1f}s", e.message, delay)
             self.journal.transition(rec.id, State.QUEUED, "not posted: rate limited", next_attempt=time.time() + delay, last_error=e.message[:500])
+            return
+        except NotSent as e:
+            report = out.finish_check()  # a check cut short with the request: finished here
+            if report is not None and not report.ok:
+                self._reject(rec, report)
+                return
+            delay = Backoff(self.cfg.canvas.retry_initial, self.cfg.canvas.retry_max, attempt=max(0, rec.attempts - 1)).next()
+            self.client.retries[e.cause] += 1
+            log.warning("post failed before its body was complete ({}): Canvas created nothing; posting again in {:.1f}s", e.message, delay)
+            self.journal.transition(rec.id, State.QUEUED, "not posted: the request failed before its body was complete", next_attempt=time.time() + delay, last_error=e.message[:500])
             return
         except (Retryable, OSError) as e:
             delay = min(self.cfg.canvas.retry_max, self.cfg.canvas.retry_initial)

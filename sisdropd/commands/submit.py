@@ -11,13 +11,15 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from sisdropd import importer, logs, preflight
+from sisdropd import importer, logs, posting, preflight
 from sisdropd.canvas import (
     CanvasError,
     Forbidden,
     NotFound,
+    NotSent,
     Refused,
     Retryable,
     TokenRejected,
@@ -36,6 +38,7 @@ from sisdropd.config import Config
 from sisdropd.logs import event as log_event
 from sisdropd.logs import redact
 
+CHANGED_TRIES = 3  # a file that changes while it is posted is checked again this often
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_of(args)
@@ -44,40 +47,69 @@ def main(args: argparse.Namespace) -> int:
     return submit(cfg, token, Path(args.file), wait=not args.no_wait, as_json=args.json)
 
 
-def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: bool = False) -> int:
-    """Run one file through Canvas; returns the exit status of the contract."""
+def submit(
+    cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Run one file through Canvas; returns the exit status of the contract.
+
+    The file is checked and posted as the daemon posts it (``posting``): opened once,
+    posted from that descriptor, the body's last bytes held back until the bytes sent are
+    the bytes checked. ``on_progress(bytes_sent)`` is called as the upload goes.
+    """
     log = log_event(path.name)
     w = cfg.watch
-    report = preflight.check_path(
-        path, import_type=cfg.import_type, extensions=w.extensions,
-        limits=preflight.Limits(max_bytes=w.max_bytes), validate_content=w.validate,
-    )
-    for warn in report.warnings[:10]:
-        say(f"warning: {warn}")
-    if not report.ok:
-        for p in report.problems:
-            say(f"rejected: {p}")
-        return EXIT_FAILED
-    c = cfg.canvas
+    rules = posting.Rules.of(cfg)
     client = client_for(cfg, token, patience="submit")
-    upload = importer.upload_name(path.name)
     started = time.time()
     deadline = started + w.max_wait
     try:
-        log.info("posting {} bytes as {}", report.size, upload)
-        try:
-            imp = client.create_import(path, upload_name=upload, params=cfg.import_params)
-        except Retryable as e:
-            log.warning("post failed ({}); looking for it in Canvas", e.message)
-            members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
-            verdict, found = importer.find_posted(
-                client, upload=upload, members=members, post_started=started, our_user_id=None,
-                exclude=set(), log=log, deadline=time.time() + 2 * c.timeout,
-            )
-            if found is None:
-                say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'unsure' else 'not '}posted")
-                return EXIT_GAVE_UP
-            imp = found
+        imp = None
+        for _ in range(CHANGED_TRIES):
+            try:
+                out = posting.Outgoing.open(path, name=path.name, rules=rules)
+            except FileNotFoundError:
+                say(f"rejected: {path.name}: no longer exists")
+                return EXIT_FAILED
+            with out:
+                if out.report is not None and not _passes(out.report):
+                    return EXIT_FAILED
+                upload = importer.upload_name(path.name)
+                started = time.time()
+                log.info("posting {} bytes as {}", out.size, upload)
+                try:
+                    imp = client.create_import(
+                        out.source(lambda report: _show_warnings(report)), upload_name=upload,
+                        params=cfg.import_params, on_progress=on_progress,
+                    )
+                except posting.Rejected as e:
+                    _passes(e.report or out.finish_check())
+                    return EXIT_FAILED
+                except posting.Changed as e:
+                    say(f"{path.name} changed while it was being posted ({e}); Canvas got nothing: checking it again")
+                    continue
+                except NotSent as e:
+                    report = out.finish_check()
+                    if report is not None and not _passes(report):
+                        return EXIT_FAILED
+                    say(f"gave up: Canvas unreachable ({e.message}); the file was not posted")
+                    return EXIT_GAVE_UP
+                except Retryable as e:
+                    log.warning("post failed ({}); looking for it in Canvas", e.message)
+                    report = out.finish_check()
+                    members = [[m.basename, m.size] for m in report.members] if report is not None and report.kind == "zip" else None
+                    verdict, found = importer.find_posted(
+                        client, upload=upload, members=members, post_started=started, our_user_id=None,
+                        exclude=set(), log=log, deadline=time.time() + 2 * cfg.canvas.timeout,
+                    )
+                    if found is None:
+                        say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'unsure' else 'not '}posted")
+                        return EXIT_GAVE_UP
+                    imp = found
+            break
+        if imp is None:
+            say(f"gave up: {path.name} kept changing while it was being posted; it was not posted")
+            return EXIT_GAVE_UP
         import_id = int(imp["id"])
         log = log_event(path.name, import_id)
         log.info("posted: import {}", import_id)
@@ -116,3 +148,18 @@ def submit(cfg: Config, token: str, path: Path, *, wait: bool = True, as_json: b
     finally:
         client.close()
         sys.stdout.flush()
+
+
+def _show_warnings(report: preflight.Report) -> None:
+    for warn in report.warnings[:10]:
+        say(f"warning: {warn}")
+
+
+def _passes(report: preflight.Report | None) -> bool:
+    """Print the check's warnings and problems; True when the file may be posted."""
+    if report is None:
+        return True
+    _show_warnings(report)
+    for p in report.problems:
+        say(f"rejected: {p}")
+    return report.ok
