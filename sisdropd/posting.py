@@ -62,6 +62,8 @@ PRECHECK_BYTES = 4 * 1024 * 1024
 # Files bigger than this are read on a thread of their own beside the sending.
 THREADED_BYTES = 4 * 1024 * 1024
 AHEAD = 4  # blocks the reading thread may be ahead of the socket
+_CHANGED_AFTER = "its bytes changed after they were checked"
+_CHANGED_WHILE = "it was written to while it was being sent"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
@@ -181,9 +183,9 @@ class Outgoing:
 
             def same_bytes() -> None:
                 if digest.hexdigest() != expected:
-                    raise Changed("its bytes changed after they were checked")
+                    raise Changed(_CHANGED_AFTER)
 
-            self._pass = _Pass(self.fd, self.size, digest.update, same_bytes, None)
+            self._pass = _Pass(self.fd, self.size, digest.update, same_bytes, None, _CHANGED_AFTER)
         else:
             check = preflight.CsvCheck(
                 self.name, size=self.size, limits=self.rules.limits or preflight.Limits(),
@@ -197,11 +199,11 @@ class Outgoing:
                     raise Rejected(report)
                 before, fd = self._before, self.fd
                 if before is not None and fd is not None and preflight.stat_identity(before) != preflight.stat_identity(os.fstat(fd)):
-                    raise Changed("it was written to while it was being sent")
+                    raise Changed(_CHANGED_WHILE)
                 if judge is not None:
                     judge(report)
 
-            self._pass = _Pass(self.fd, self.size, check.feed, checked, check)
+            self._pass = _Pass(self.fd, self.size, check.feed, checked, check, _CHANGED_WHILE)
         return self._pass
 
     def finish_check(self) -> Report | None:
@@ -238,9 +240,9 @@ class _Pass:
 
     def __init__(
         self, fd: int, size: int, feed: Callable[[bytes], object], settle: Callable[[], None],
-        check: CsvCheck | None,
+        check: CsvCheck | None, changed: str,
     ) -> None:
-        self.fd, self.size, self.size_read = fd, size, 0
+        self.fd, self.size, self.size_read, self.changed = fd, size, 0, changed
         self._feed, self._settle, self.check = feed, settle, check
         self._report: Report | None = None
         self._ready: deque[bytes | BaseException | None] = deque()
@@ -288,7 +290,7 @@ class _Pass:
             return None
         block = os.pread(self.fd, min(BLOCK, self.size - self.size_read), self.size_read)
         if not block:
-            raise Changed(f"it shrank while it was being sent ({self.size - self.size_read} bytes missing)")
+            raise Changed(f"{self.changed} (it shrank: {self.size - self.size_read} bytes missing)")
         self.size_read += len(block)
         return block
 
