@@ -17,11 +17,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
-from sisdropd.canvas import CanvasClient
 from sisdropd.lifecycle import State
+
+if TYPE_CHECKING:  # only a type here: `status` reads outcomes with these functions, without requests
+    from sisdropd.canvas import CanvasClient
 
 CLOCK_SKEW = 600.0  # seconds: Canvas's clock may differ from ours by this much
 DEAD_INITIALIZING = 600.0  # an import still initializing after this long never runs (§2.4)

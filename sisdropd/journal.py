@@ -21,10 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
 from sisdropd.folders import journal_file
 from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, State, check
+from sisdropd.logs import logger  # loguru's, imported on first use: status never needs it
 
 SCHEMA_VERSION = 2
 

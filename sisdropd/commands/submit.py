@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sisdropd import importer, logs, posting, preflight
+from sisdropd import importer, linelog, posting, preflight
 from sisdropd.canvas import (
     CanvasError,
     Forbidden,
@@ -35,7 +35,6 @@ from sisdropd.commands import (
     token_of,
 )
 from sisdropd.config import Config
-from sisdropd.logs import event as log_event
 from sisdropd.logs import redact
 
 CHANGED_TRIES = 3  # a file that changes while it is posted is checked again this often
@@ -43,7 +42,6 @@ CHANGED_TRIES = 3  # a file that changes while it is posted is checked again thi
 def main(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     token = token_of(cfg)
-    logs.setup(cfg.log)
     return submit(cfg, token, Path(args.file), wait=not args.no_wait, as_json=args.json)
 
 
@@ -57,6 +55,7 @@ def submit(
     posted from that descriptor, the body's last bytes held back until the bytes sent are
     the bytes checked. ``on_progress(bytes_sent)`` is called as the upload goes.
     """
+    log_event = linelog.for_command(cfg.log)
     log = log_event(path.name)
     w = cfg.watch
     rules = posting.Rules.of(cfg)
