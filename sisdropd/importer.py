@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # only a type here: `status` reads outcomes with these functi
 
 CLOCK_SKEW = 600.0  # seconds: Canvas's clock may differ from ours by this much
 DEAD_INITIALIZING = 600.0  # an import still initializing after this long never runs (§2.4)
-FIRST_CHECK = 0.02  # seconds before the first status check; then x1.5 up to poll_interval
+FIRST_CHECK = 0.005  # seconds before the first status check; then x1.5 up to poll_interval
 ERRORS_FILE_WAIT = 30.0  # Canvas writes the errors file in a separate job after the end
 
 # Canvas workflow_state values (reference section 5).

@@ -360,6 +360,8 @@ class Worker:
         deadline = (rec.post_started or time.time()) + self.cfg.watch.max_wait
 
         def progress(imp: dict[str, Any]) -> None:
+            if importer.is_final(imp.get("workflow_state")) and not importer.needs_errors_file(imp):
+                return  # decided at once: the FINISHING transition journals the same state
             self.journal.update(rec.id, workflow_state=imp.get("workflow_state"), progress=imp.get("progress"))
 
         try:
