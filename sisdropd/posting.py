@@ -164,14 +164,16 @@ class Outgoing:
             os.close(fd)
             raise
 
-    def source(self, judge: Callable[[Report], None] | None = None) -> _Pass:
+    def source(self, judge: Callable[[Report], None] | None = None, *, sha256: bool = True) -> _Pass:
         """The file's blocks for one attempt at posting it (a ``upload.Blocks``).
 
         Checked up front: the blocks are hashed, and the end is refused (``Changed``)
         unless they hash to the checked bytes. Checked while sent: the blocks are checked;
         a failing check cuts at once (``Rejected``), a write to the file meanwhile at the
         end (``Changed``); then ``judge(report)`` runs before the last bytes go and may
-        raise ``Cut`` itself. ``report`` is then set to the Report of the bytes sent.
+        raise ``Cut`` itself. ``report`` is then set to the Report of the bytes sent, its
+        ``sha256`` theirs unless ``sha256`` is False: the check itself needs no hash there
+        (it sees the very bytes sent), only a record of them does (the daemon's sidecar).
         """
         if self.fd is None or (self.report is not None and not self.report.ok):
             raise ValueError("a file that failed its check has no blocks to post")
@@ -189,7 +191,7 @@ class Outgoing:
         else:
             check = preflight.CsvCheck(
                 self.name, size=self.size, limits=self.rules.limits or preflight.Limits(),
-                validate_content=self.rules.validate, background=True,
+                validate_content=self.rules.validate, background=True, sha256=sha256,
             )
 
             def checked() -> None:
@@ -248,6 +250,7 @@ class _Pass:
         self._ready: deque[bytes | BaseException | None] = deque()
         self._cond = threading.Condition()
         self._sending = True  # False once the sender stopped taking blocks
+        self._abandoned = False  # True once nobody wants the rest: the reader stops
         self._ended = False
         self._thread: threading.Thread | None = None
         if size > THREADED_BYTES:
@@ -286,7 +289,7 @@ class _Pass:
         return block
 
     def _read(self) -> bytes | None:
-        if self.size_read >= self.size:
+        if self.size_read >= self.size or self._abandoned:
             return None
         block = os.pread(self.fd, min(BLOCK, self.size - self.size_read), self.size_read)
         if not block:
@@ -346,9 +349,9 @@ class _Pass:
 
     def close(self) -> None:
         """Abandon the pass: stop the reading thread, if any, and the check's."""
+        self._abandoned = True  # the reader stops at its next block
         self._stop_sending()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self.size = self.size_read  # the reader stops at its next block
             self._thread.join()
         if self.check is not None and self._report is None:
             self.check.close()

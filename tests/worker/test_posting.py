@@ -265,6 +265,20 @@ def test_the_change_guard_holds_a_big_file_before_its_last_bytes(make_rig) -> No
     assert imp["sha256"] == sha(data) and rig.events(fid)[-1] == DONE
 
 
+def test_stopping_during_a_big_upload_cuts_it_and_leaves_no_thread_behind(rig: Rig) -> None:
+    rig.sim.inject("delay", method="POST", path="sis_imports", delay=1.0)
+    fid = rig.drop("users.csv", big_users())
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(rig.worker.drain(30)), name="drain")
+    t.start()
+    wait_for(lambda: rig.sim.faults_served().get("delay") == 1, 10, what="the upload under way")
+    rig.stop.set()  # SIGTERM: the upload is cut at its next block
+    t.join(30)
+    assert result == [False] and rig.record(fid).state == "posting"  # the next start looks in Canvas
+    assert rig.sim.imports() == [] and creates(rig, 1) == [0]
+    # (the autouse no_leaked_threads fixture fails the test if the reader or hash thread lives on)
+
+
 # -- a released held file: posted only as accepted -----------------------------------------
 
 
