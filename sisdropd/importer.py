@@ -11,8 +11,8 @@ No folders and no journal here: ``worker`` (the daemon) and ``commands.submit``
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -106,7 +106,7 @@ def upload_name(original: str) -> str:
     """
     stem, _, ext = original.rpartition(".")
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem or original).strip("._-")[:80] or "upload"
-    return f"sisdrop-{secrets.token_hex(8)}-{safe}.{ext.lower() or 'csv'}"
+    return f"sisdrop-{os.urandom(8).hex()}-{safe}.{ext.lower() or 'csv'}"  # os.urandom: what secrets uses, without its imports
 
 
 def iso(ts: float) -> str:

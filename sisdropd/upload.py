@@ -22,7 +22,6 @@ import hashlib
 import os
 import stat
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
@@ -114,7 +113,7 @@ class MultipartBody:
         self.source = source
         self.stop = stop
         self.on_progress = on_progress
-        self.boundary = "sisdropd-" + uuid.uuid4().hex
+        self.boundary = "sisdropd-" + os.urandom(16).hex()  # random, as uuid4 is, without uuid's imports
         b = self.boundary
         head = "".join(
             f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()

@@ -37,8 +37,6 @@ from sisdropd.preflight.report import (
     internal,
     size_problem,
 )
-from sisdropd.preflight.xmlcheck import check_xml
-from sisdropd.preflight.zipcheck import check_zip
 
 EXTENSIONS = ("csv", "xml", "zip")
 # CSVs this big are hashed on a thread of their own while the check runs (1.4 GB/s for a
@@ -315,6 +313,20 @@ def _check_content(
     if read_whole and not changed:
         report.sha256 = digest.hexdigest()
     return report
+
+
+def check_zip(f: BinaryIO, build: Builder) -> None:
+    """``zipcheck.check_zip``, imported on first use: a CSV never needs it."""
+    from sisdropd.preflight import zipcheck
+
+    zipcheck.check_zip(f, build)
+
+
+def check_xml(blocks: Iterator[bytes], build: Builder, import_type: str) -> None:
+    """``xmlcheck.check_xml``, imported on first use: a CSV never needs it (nor expat)."""
+    from sisdropd.preflight import xmlcheck
+
+    xmlcheck.check_xml(blocks, build, import_type)
 
 
 def stat_identity(st: os.stat_result) -> tuple[int, ...]:
