@@ -102,6 +102,7 @@ path, body bytes, and time.time() at the request line (t_first), the first body 
 import json, socket, socketserver, sys, threading, time
 
 LOG = open(sys.argv[1], "a", buffering=1)
+RATE = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0  # bytes a second; 0: as fast as it comes
 LOCK = threading.Lock()
 IDS = iter(range(1, 1 << 30))
 
@@ -132,14 +133,19 @@ class Handler(socketserver.StreamRequestHandler):
 
             def take(left):
                 nonlocal n, t_body
+                piece = len(buf) if not RATE else 64 * 1024
                 while left:
-                    k = rfile.readinto(buf[: min(left, len(buf))])
+                    k = rfile.readinto(buf[: min(left, piece)])
                     if not k:
                         raise ConnectionError("body ended early")
                     if t_body is None:
                         t_body = time.time()
                     left -= k
                     n += k
+                    if RATE:  # a token bucket: the link, read no faster than RATE
+                        ahead = t_body + n / RATE - time.time()
+                        if ahead > 0:
+                            time.sleep(ahead)
 
             try:
                 if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -187,7 +193,11 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-srv = Server(("127.0.0.1", 0), Handler)
+srv = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
+if RATE:  # a small receive buffer: the sender waits on the link, not on our memory
+    srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+srv.server_bind()
+srv.server_activate()
 print(srv.server_address[1], flush=True)
 srv.serve_forever(poll_interval=0.2)
 '''
@@ -415,13 +425,15 @@ def rate(nbytes: int, s: float | None) -> str:
 
 # --------------------------------------------------------------------- 1 + 2: uploads
 class Sink:
-    def __init__(self) -> None:
+    def __init__(self, rate: float = 0.0, name: str = "sink") -> None:
+        """The plain sink; with ``rate`` (bytes a second) a link of that speed."""
         WORK.mkdir(parents=True, exist_ok=True)
         script = WORK / "sink.py"
         script.write_text(SINK)
-        self.log = WORK / "sink.jsonl"
+        self.log = WORK / f"{name}.jsonl"
         self.log.write_text("")
-        self.proc = subprocess.Popen([str(VPY), str(script), str(self.log)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        argv = [str(VPY), str(script), str(self.log)] + ([str(rate)] if rate else [])
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.url = f"http://127.0.0.1:{self.port}"
@@ -504,14 +516,9 @@ def bench_uploads(res: Results, sizes: list[int], quick: bool) -> None:
                     runs[name].append(d)
                     say(f"  {name:<20} rep {rep}: {r.wall:7.3f} s, peak RSS {r.maxrss / MB:7.1f} MB"
                         + (f", POST at sink {d['sink_post']:.3f} s" if "sink_post" in d else ""))
-            # hashing: the daemon (not submit) hashes each file before posting
-            from sisdropd.files import sha256_of
-
-            t = time.perf_counter()
-            sha256_of(path)
-            hash_s = time.perf_counter() - t
             path.unlink()
-            summarise_uploads(res, mib, nbytes, runs, hash_s)
+            summarise_uploads(res, mib, nbytes, runs)
+        summarise_rss(res)
     finally:
         sink.stop()
 
@@ -526,65 +533,169 @@ def _max(runs: list[dict[str, Any]], key: str) -> float | None:
     return max(vals) if vals else None
 
 
-def summarise_uploads(res: Results, mib: int, nbytes: int, runs: dict[str, list[dict[str, Any]]], hash_s: float) -> None:
+PYTHON_PEERS = (("canvasapi", "canvasapi"), ("read-whole", "read-it-all + requests.post(bytes)"))
+
+
+def summarise_uploads(res: Results, mib: int, nbytes: int, runs: dict[str, list[dict[str, Any]]]) -> None:
     res.raw[f"upload_{mib}"] = runs
     sd, nv, curl = runs["sisdropd"], runs["sisdropd-novalidate"], runs["curl"]
     c_wall, c_post = _med(curl, "wall"), _med(curl, "sink_post")
     tag = f"{mib} MiB"
-    for label, rr in (("validate on", sd), ("validate off", nv)):
-        w = _med(rr, "wall")
-        ratio = c_wall / w if c_wall and w else None
-        res.add(
-            f"upload {tag}, end to end (`submit --no-wait`, {label})",
-            fmt_s(w) + rate(nbytes, w), f"curl -T {fmt_s(c_wall)}{rate(nbytes, c_wall)}",
-            f"{ratio:.2f}" if ratio else "n/a", "≥ 0.9 of curl", bool(ratio and ratio >= 0.9),
-        )
-    for label, rr in (("validate on", sd), ("validate off", nv)):
-        p = _med(rr, "sink_post")
-        ratio = c_post / p if c_post and p else None
-        res.add(
-            f"upload {tag}, POST only at the sink ({label})",
-            fmt_s(p) + rate(nbytes, p), f"curl -T {fmt_s(c_post)}{rate(nbytes, c_post)}",
-            f"{ratio:.2f}" if ratio else "n/a", "≥ 0.9 of curl", bool(ratio and ratio >= 0.9),
-        )
-    b_on, b_off = _med(sd, "before_post"), _med(nv, "before_post")
-    lp, ap = _med(nv, "log_post"), _med(nv, "after_post")
+    w = _med(sd, "wall")
+    peers = [f"curl -T {fmt_s(c_wall)}"]
+    ratios = [f"curl {c_wall / w:.2f}" if c_wall and w else "curl n/a"]
+    ahead = bool(w)
+    for key, label in (*PYTHON_PEERS, ("requests-file", "requests.post(open file)")):
+        pw = _med(runs[key], "wall")
+        peers.append(f"{label} {fmt_s(pw)}")
+        ratios.append(f"{key} {pw / w:.2f}" if pw and w else f"{key} n/a")
+        if key != "requests-file":  # a reference, not one of the issue's peers
+            ahead = ahead and bool(pw and w and w < pw)
+    target = "faster than canvasapi and read-it-all"
+    met = ahead
+    if mib >= 1024:
+        target += "; ≥ 0.5 of curl (aim 0.8)"
+        met = met and bool(c_wall and w and c_wall / w >= 0.5)
+    res.add(f"upload {tag}, end to end (`submit --no-wait`, process start to exit, validate on)",
+            fmt_s(w) + rate(nbytes, w), "; ".join(peers), " / ".join(ratios), target, met)
+    wn = _med(nv, "wall")
+    res.add(f"upload {tag}, end to end, validate off", fmt_s(wn) + rate(nbytes, wn), f"curl -T {fmt_s(c_wall)}",
+            f"curl {c_wall / wn:.2f}" if c_wall and wn else "n/a")
+    p_on, p_off = _med(sd, "sink_post"), _med(nv, "sink_post")
     res.add(
-        f"upload {tag}, phases in sisdropd's log",
-        f"start+pre-flight {fmt_s(b_on)} (validate off: {fmt_s(b_off)}); "
-        f"pre-flight alone ≈ {fmt_s((b_on or 0) - (b_off or 0))}{rate(nbytes, (b_on or 0) - (b_off or 0))}; "
-        f"POST {fmt_s(lp)}; exit {fmt_s(ap)}; hashing: none in submit (daemon's sha256_of: {fmt_s(hash_s)}{rate(nbytes, hash_s)})",
+        f"upload {tag}, the POST alone at the sink (request line to last byte)",
+        f"validate on {fmt_s(p_on)}{rate(nbytes, p_on)}; off {fmt_s(p_off)}{rate(nbytes, p_off)}",
+        f"curl -T {fmt_s(c_post)}{rate(nbytes, c_post)}",
+        f"curl {c_post / p_on:.2f} / {c_post / p_off:.2f}" if c_post and p_on and p_off else "n/a",
+    )
+    b_on, lp_on, ap_on = _med(sd, "before_post"), _med(sd, "log_post"), _med(sd, "after_post")
+    res.add(
+        f"upload {tag}, phases in sisdropd's log (validate on)",
+        f"start-up to the `posting` line {fmt_s(b_on)}; `posting` → `posted` (checked while sent) {fmt_s(lp_on)}; exit {fmt_s(ap_on)}",
     )
     rss = _max(sd, "rss") or 0
     rss_nv = _max(nv, "rss") or 0
-    peers = [("canvasapi", "canvasapi"), ("read-whole", "read whole + requests.post(bytes)"),
-             ("requests-file", "requests.post(open file)"), ("curl", "curl -T")]
-    cells, ratios = [], []
-    for key, label in peers:
+    cells, rr = [], []
+    for key, label in (*PYTHON_PEERS, ("requests-file", "requests.post(open file)"), ("curl", "curl -T")):
         v = _max(runs[key], "rss")
         if v:
             cells.append(f"{label} {fmt_mb(v)}")
-            ratios.append(f"{rss / v:.2f}")
-    worst = max(rss, rss_nv)
-    res.add(
-        f"peak RSS {tag}", f"{fmt_mb(rss)} (validate off: {fmt_mb(rss_nv)})", "; ".join(cells), " / ".join(ratios),
-        "< 60 MB", worst < 60 * MB,
-    )
-    bad = [k for k, rr in runs.items() if any(not r.get("ok") for r in rr)]
+            rr.append(f"{rss / v:.2f}")
+    res.raw.setdefault("submit_rss", {})[mib] = max(rss, rss_nv)
+    res.add(f"peak RSS {tag}", f"{fmt_mb(rss)} (validate off: {fmt_mb(rss_nv)})", "; ".join(cells), " / ".join(rr),
+            "≤ 60 MB", max(rss, rss_nv) <= 60 * MB)
+    bad = [k for k, r in runs.items() if any(not x.get("ok") for x in r)]
     if bad:
         res.notes.append(f"{tag}: runs that failed (excluded from medians): {', '.join(bad)}")
+
+
+def summarise_rss(res: Results) -> None:
+    """submit's peak RSS over the sizes: at most 60 MB, and flat (within 5 MB)."""
+    by_size = res.raw.get("submit_rss") or {}
+    if len(by_size) < 2:
+        return
+    lo, hi = min(by_size.values()), max(by_size.values())
+    res.add("peak RSS of `submit` across the sizes", f"{fmt_mb(lo)} to {fmt_mb(hi)} ({', '.join(f'{k} MiB' for k in by_size)})",
+            target="≤ 60 MB, flat (spread ≤ 5 MB)", met=hi <= 60 * MB and hi - lo <= 5 * MB)
+
+
+# ---------------------------------------------------------- throttled links and start-up
+# Bytes a second, name, MiB: about 9-11 s on the link each, so that what is measured is the
+# link's speed against the client's, not a process start (sisdropd's 0.15 s, curl's 0.01 s).
+LINKS = ((1e9 / 8, "1 Gbit/s", 1024), (1e8 / 8, "100 Mbit/s", 128))
+
+
+def bench_links(res: Results, quick: bool) -> None:
+    """Uploads through a token-bucket sink: the link, not the client, must be the limit."""
+    env = clean_env()
+    for bps, name, mib in LINKS:
+        mib = mib // 4 if quick else mib
+        sink = Sink(rate=bps, name=f"sink-{name.split()[0]}")
+        try:
+            path = WORK / f"users-link-{mib}MiB.csv"
+            nbytes = make_users_csv(path, mib * MiB)
+            cfg = write_config(WORK / "submit-link.toml", {
+                "canvas": {"base_url": sink.url, "account_id": "1", "timeout": 600},
+                "folders": {"root": str(WORK / "submit-root")},
+                "import": {"import_type": "instructure_csv"},
+                "watch": {"validate": True, "max_bytes": 4 * 1024**3},
+                "log": {"level": "INFO"},
+            })
+            contenders = {
+                "sisdropd": [str(VPY), "-m", "sisdropd", "submit", "--no-wait", "-c", str(cfg), str(path)],
+                "curl": ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-T", str(path),
+                         "-H", f"Authorization: Bearer {TOKEN}", "-H", "Content-Type: text/csv", "-H", "Expect:",
+                         f"{sink.url}/api/v1/accounts/1/sis_imports?import_type=instructure_csv&extension=csv"],
+            }
+            say(f"link {name}: {mib} MiB through a token-bucket sink ...")
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in contenders}
+            for rep in range(1 if quick else 2):
+                for who, argv in contenders.items():
+                    r = run_child(argv, env=env, name=f"link-{who}-{mib}-{rep}")
+                    posts = sink.posts_since(r.t_start)
+                    post = max(posts, key=lambda x: x["bytes"]) if posts else None
+                    d = {"wall": r.wall, "rss": r.maxrss, "ok": r.rc == 0, "rc": r.rc}
+                    if post:
+                        d["sink_post"] = post["t_end"] - post["t_first"]
+                    runs[who].append(d)
+                    say(f"  {who:<9} rep {rep}: {r.wall:7.3f} s" + (f", POST at the sink {d['sink_post']:.3f} s" if post else ""))
+            path.unlink()
+            res.raw[f"link_{name}"] = runs
+            w, cw = _med(runs["sisdropd"], "wall"), _med(runs["curl"], "wall")
+            pw, cp = _med(runs["sisdropd"], "sink_post"), _med(runs["curl"], "sink_post")
+            ratio = cw / w if cw and w else None
+            res.add(
+                f"upload through a {name} link ({mib} MiB), end to end (POST alone)",
+                f"{fmt_s(w)}{rate(nbytes, w)} ({fmt_s(pw)})", f"curl -T {fmt_s(cw)}{rate(nbytes, cw)} ({fmt_s(cp)})",
+                f"{ratio:.2f} ({cp / pw:.2f})" if ratio and cp and pw else "n/a", "≥ 0.95 of curl", bool(ratio and ratio >= 0.95),
+            )
+        finally:
+            sink.stop()
+
+
+def bench_startup(res: Results, quick: bool) -> None:
+    """Wall time of the quick commands on a one-line file: process start to exit."""
+    sink = Sink(name="sink-startup")
+    try:
+        root = WORK / "startup"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        one = root / "users.csv"
+        one.write_bytes(ONE_ROW)
+        cfg = write_config(root / "c.toml", {
+            "canvas": {"base_url": sink.url, "account_id": "1", "timeout": 60},
+            "folders": {"root": str(root / "sisdrop")},
+            "log": {"level": "INFO"},
+        })
+        commands = {
+            "validate": ["validate", str(one)],
+            "status": ["status", "-c", str(cfg)],
+            "submit --no-wait": ["submit", "--no-wait", "-c", str(cfg), str(one)],
+        }
+        n = 5 if quick else 11
+        times: dict[str, list[float]] = {}
+        for name, args in commands.items():
+            times[name] = [run_child([str(VPY), "-m", "sisdropd", *args], env=clean_env(), name=f"startup-{i}").wall for i in range(n)]
+        res.raw["startup"] = times
+        res.add(
+            f"start-up: a one-line file, process start to exit (median of {n})",
+            "; ".join(f"`{k}` {statistics.median(v):.3f} s" for k, v in times.items()),
+            target="well under 0.2 s", met=all(statistics.median(v) < 0.2 for v in times.values()),
+        )
+    finally:
+        sink.stop()
 
 
 # ------------------------------------------------------------------ 3-6: the daemon
 class Sim:
     """FakeCanvas in this process, with the time of each create POST's request line."""
 
-    def __init__(self, import_seconds: float, name: str) -> None:
+    def __init__(self, import_seconds: float, name: str, **timing: float) -> None:
         from sisdropd.simulator import FakeCanvas
 
         store = WORK / f"sim-{name}"
         shutil.rmtree(store, ignore_errors=True)
-        self.sim = FakeCanvas(token=TOKEN, import_seconds=import_seconds, storage_dir=store, errors_attachment_delay=0.05)
+        self.sim = FakeCanvas(token=TOKEN, import_seconds=import_seconds, storage_dir=store, **timing)
         self.sim.start()
         self.url = self.sim.url
         self.posts: list[float] = []
@@ -692,7 +803,8 @@ def bench_idle_and_latency(res: Results, quick: bool) -> None:
         res.raw["idle"] = {"cpu_s": c1 - c0, "seconds": t1 - t0, "threads": threads}
         res.add(
             f"idle CPU, empty inbox ({window:g} s window{', scaled' if window != 60 else ''})",
-            f"{per60:.3f} s per 60 s ({threads} threads)", target="< 0.1 s per 60 s", met=per60 < 0.1,
+            f"{per60:.3f} s per 60 s ({threads} threads)", target="≤ 0.020 s per 60 s as on 2026-11-27 (10 ms resolution)",
+            met=per60 <= 0.030,
         )
         # 3. drop-to-post latency
         n = 10 if quick else 20
@@ -716,7 +828,7 @@ def bench_idle_and_latency(res: Results, quick: bool) -> None:
         res.add(
             f"drop-to-post latency, settle_seconds = 1 ({n} drops)",
             f"p50 {p50:.3f} s, p95 {p95:.3f} s (max {max(lat):.3f} s)",
-            target="p95 ≤ 1.3 s", met=p95 <= 1.3,
+            target="p95 ≤ 1.013 s as on 2026-11-27 (within 10 ms)", met=p95 <= 1.023,
         )
     finally:
         d.stop()
@@ -744,9 +856,17 @@ def _file_phases(log: str) -> dict[str, float]:
 
 
 def bench_many_small(res: Results, quick: bool) -> None:
+    """1,000 one-line CSVs: the simulator's import time 0, attachments delay 0 (the target run),
+    then its default attachments delay (0.3 s per import), briefly, for the rate."""
+    many_small(res, quick, attachments_delay=0.0, cap=20.0 if quick else 90.0, target=20.0)
+    many_small(res, quick, attachments_delay=None, cap=8.0 if quick else 20.0, target=None)
+
+
+def many_small(res: Results, quick: bool, *, attachments_delay: float | None, cap: float, target: float | None) -> None:
     n = 1000
-    cap = 20.0 if quick else 90.0
-    sim = Sim(import_seconds=0.01, name="many")
+    timing = {} if attachments_delay is None else {"attachments_delay": attachments_delay}
+    delay_words = "the simulator's default attachments delay (0.3 s)" if attachments_delay is None else f"attachments delay {attachments_delay:g} s"
+    sim = Sim(import_seconds=0.0, name="many", **timing)
     d = Daemon("many", sim, {"settle_seconds": 1, "poll_interval": 10})
     stage = WORK / "stage-many"
     shutil.rmtree(stage, ignore_errors=True)
@@ -755,7 +875,7 @@ def bench_many_small(res: Results, quick: bool) -> None:
         for i in range(n):
             (stage / f"users-{i:04d}.csv").write_bytes(ONE_ROW)
         d.start()
-        say(f"many small files: {n} dropped at once (cap {cap:g} s) ...")
+        say(f"many small files, {delay_words}: {n} dropped at once (cap {cap:g} s) ...")
         t0, t0_epoch = time.monotonic(), time.time()
         for i in range(n):
             os.rename(stage / f"users-{i:04d}.csv", d.inbox / f"users-{i:04d}.csv")
@@ -763,22 +883,23 @@ def bench_many_small(res: Results, quick: bool) -> None:
         took = time.monotonic() - t0
         got = d.done_count()
         phases = _file_phases(d.log())
-        res.raw["many"] = {"n": n, "done": got, "seconds": took, "phases": phases, "posts": len(sim.posts)}
+        key = "many" if attachments_delay is not None else "many_default_delay"
+        res.raw[key] = {"n": n, "done": got, "seconds": took, "phases": phases, "posts": len(sim.posts)}
+        label = f"{n} one-line CSVs dropped at once → all in done/ (import time 0, {delay_words})"
+        tgt = f"< {target:g} s" if target else "—"
         if finished:
-            res.add(f"{n} one-line CSVs dropped at once → all in done/", fmt_s(took), target="< 60 s", met=took < 60)
+            res.add(label, fmt_s(took), target=tgt, met=took < target if target else None)
         else:
             # the settle time before the first post is paid once; the rest goes by the rate seen
             lead = min(took, (sim.posts[0] - t0_epoch) if sim.posts else 0.0)
             proj = lead + (took - lead) * n / max(1, got)
             res.add(
-                f"{n} one-line CSVs dropped at once → all in done/",
+                label,
                 f"{got} done in {took:.0f} s (cap); projected {proj:.0f} s for {n} (first post after {lead:.1f} s, then the rate seen)",
-                target="< 60 s", met=False,
+                target=tgt, met=False if target else None,
             )
-        res.add(
-            f"{n} small files: median per-file phases (from the log)",
-            "; ".join(f"{k} {v:.3f} s" for k, v in phases.items()),
-        )
+        if target:
+            res.add(f"{n} small files: median per-file phases (from the log)", "; ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
     finally:
         d.stop()
         sim.stop()
@@ -863,7 +984,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="64 MiB only, shorter windows (under 2 minutes)")
     ap.add_argument("--sizes", default=None, help="file sizes in MiB, comma-separated (default 64,512,1024; --quick: 64)")
-    ap.add_argument("--only", default="uploads,idle,many,inbox", help="which parts: uploads,idle,many,inbox (idle includes latency)")
+    ap.add_argument("--only", default="startup,uploads,links,idle,many,inbox",
+                    help="which parts: startup,uploads,links,idle,many,inbox (idle includes latency)")
     ap.add_argument("--out", default=None, help="results file (default bench/results-<today>.md)")
     args = ap.parse_args()
     bootstrap()
@@ -878,8 +1000,12 @@ def main() -> int:
         say(f"warning: load average {load0[0]:.2f} on {os.cpu_count()} cores: something else is running; numbers will be noisy")
     t0 = time.monotonic()
     try:
+        if "startup" in only:
+            bench_startup(res, args.quick)
         if "uploads" in only:
             bench_uploads(res, sizes, args.quick)
+        if "links" in only:
+            bench_links(res, args.quick)
         if "idle" in only:
             bench_idle_and_latency(res, args.quick)
         if "many" in only:

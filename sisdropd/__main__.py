@@ -1,3 +1,3 @@
-from sisdropd.cli import main
+from sisdropd.cli import entry
 
-raise SystemExit(main())
+entry()

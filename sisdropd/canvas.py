@@ -37,13 +37,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
-from loguru import logger
 from requests.adapters import HTTPAdapter
 
 from sisdropd import __version__
-from sisdropd.logs import clean
+from sisdropd.logs import clean, logger
 from sisdropd.proxy import proxy_for
-from sisdropd.upload import BLOCK, Cancelled, MultipartBody
+from sisdropd.upload import BLOCK, Blocks, Cancelled, MultipartBody, PlainFile
 
 if TYPE_CHECKING:
     from sisdropd.config import Config
@@ -79,6 +78,14 @@ class CanvasError(Exception):
 
 class Retryable(CanvasError):
     """A transient failure: network, timeout, HTTP 5xx. Try again after a backoff."""
+
+    cause = "network"
+
+
+class NotSent(Retryable):
+    """A create request failed before its body was complete: Canvas provably created
+    nothing (the closing boundary never reached the socket), so it may be posted again
+    without a look in Canvas's list."""
 
     cause = "network"
 
@@ -455,33 +462,43 @@ class CanvasClient:
         return self.call("PUT", f"{self.account}/sis_imports/{import_id}/abort", **kw)
 
     def create_import(
-        self, path: Path, *, upload_name: str, params: Mapping[str, Any], fd: int | None = None,
-        on_sent: Callable[[int, int], None] | None = None,
+        self, source: Blocks | Path, *, upload_name: str, params: Mapping[str, Any],
+        on_progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Post one file as a new SIS import, once. Returns Canvas's SisImport object.
 
-        Streams ``path`` (or the already-open descriptor ``fd``) as multipart part
-        ``attachment`` named ``upload_name``. Raises a ``CanvasError`` on any failure:
-        for a ``Retryable`` one, Canvas may or may not have created the import. Raises
-        ``Stopped`` when the daemon stops during the upload (Canvas got half a body).
+        Streams ``source`` (``posting``'s sources: each block checked or hashed on its way
+        and the last bytes held back until they may go; a path is posted as it is) as
+        multipart part ``attachment`` named ``upload_name``; ``on_progress(bytes_sent)``
+        after each block. Raises a ``CanvasError`` on any failure: ``NotSent`` when the
+        request failed before its body was complete (Canvas provably created nothing),
+        another ``Retryable`` when Canvas may or may not have created the import.
+        Raises ``Stopped`` when the daemon stops during the upload, and the source's
+        ``Cut`` when it refused the end of the file (both before the body was complete).
         """
         fields = {k: _form_value(v) for k, v in params.items() if not (k == "multi_term_batch_mode" and v is False)}
         ext = upload_name.rsplit(".", 1)[-1].lower()
         ctype = {"csv": "text/csv", "zip": "application/zip", "xml": "text/xml"}.get(ext, "application/octet-stream")
-        f = os.fdopen(os.dup(fd), "rb", buffering=0) if fd is not None else open(path, "rb", buffering=0)  # noqa: SIM115
-        with f:
-            f.seek(0)
-            size = os.fstat(f.fileno()).st_size
-            body = MultipartBody(f, size, upload_name, fields, ctype, self.stop, on_sent)
-            try:
-                resp = self.request(
-                    "POST",
-                    f"{self.account}/sis_imports",
-                    data=body,
-                    headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
-                )
-            except Cancelled:
-                raise Stopped() from None
+        plain: PlainFile | None = None
+        if isinstance(source, Path):
+            source = plain = PlainFile(source)
+        body = MultipartBody(source, upload_name, fields, ctype, stop=self.stop, on_progress=on_progress)
+        try:
+            resp = self.request(
+                "POST",
+                f"{self.account}/sis_imports",
+                data=body,
+                headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
+            )
+        except Cancelled:
+            raise Stopped() from None
+        except Retryable as e:
+            if body.completed or isinstance(e, RateLimited):
+                raise  # Canvas may have the import; or throttled, which says so itself
+            raise NotSent(e.message, status=e.status, retry_after=e.retry_after) from None
+        finally:
+            if plain is not None:
+                plain.close()
         return strip_verifiers(resp.json())
 
     def download_errors_file(self, import_id: int, dest: Path) -> int | None:

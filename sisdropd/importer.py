@@ -11,30 +11,24 @@ No folders and no journal here: ``worker`` (the daemon) and ``commands.submit``
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
-from sisdropd.canvas import (
-    CanvasClient,
-    CanvasError,
-    Forbidden,
-    NotFound,
-    Refused,
-    Retryable,
-    TokenRejected,
-)
 from sisdropd.lifecycle import State
+
+if TYPE_CHECKING:  # only types here: `status` reads outcomes with these functions, without requests
+    from sisdropd.canvas import CanvasClient, CanvasError
 
 CLOCK_SKEW = 600.0  # seconds: Canvas's clock may differ from ours by this much
 DEAD_INITIALIZING = 600.0  # an import still initializing after this long (plus STORE_RATE) never runs (§2.4)
 STORE_RATE = 1e6  # bytes a second Canvas is sure to store an upload at while it is `initializing`
-FIRST_CHECK = 0.02  # seconds before the first status check; then x1.5 up to poll_interval
+FIRST_CHECK = 0.005  # seconds before the first status check; then x1.5 up to poll_interval
 ERRORS_FILE_WAIT = 30.0  # Canvas writes the errors file in a separate job after the end
 
 # Canvas workflow_state values (reference section 5).
@@ -113,7 +107,7 @@ def upload_name(original: str) -> str:
     """
     stem, _, ext = original.rpartition(".")
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem or original).strip("._-")[:80] or "upload"
-    return f"sisdrop-{secrets.token_hex(8)}-{safe}.{ext.lower() or 'csv'}"
+    return f"sisdrop-{os.urandom(8).hex()}-{safe}.{ext.lower() or 'csv'}"  # os.urandom: what secrets uses, without its imports
 
 
 def iso(ts: float) -> str:
@@ -254,6 +248,8 @@ def probe_account(client: CanvasClient, *, log: Any = None, patience: float = 60
     else the refusal (401, 403, 404, 400...). Raises ``Retryable`` when Canvas cannot be
     reached within ``patience`` seconds.
     """
+    from sisdropd.canvas import CanvasError, Retryable  # the client's module: loaded with it
+
     try:
         client.call("GET", f"{client.account}/sis_imports", params={"per_page": 1}, log=log, deadline=time.time() + patience)
     except Retryable:
@@ -265,6 +261,8 @@ def probe_account(client: CanvasClient, *, log: Any = None, patience: float = 60
 
 def account_refusal(e: CanvasError, account_id: str) -> str:
     """An account-wide refusal in words: what Canvas said, and what to look at."""
+    from sisdropd.canvas import Forbidden, NotFound, TokenRejected
+
     if isinstance(e, TokenRejected):
         return f"Canvas rejected the token ({e.message}): a valid token of a user with the SIS import permission is needed"
     if isinstance(e, Forbidden):
@@ -276,6 +274,8 @@ def account_refusal(e: CanvasError, account_id: str) -> str:
 
 def file_refusal(e: CanvasError, params: dict[str, Any]) -> str:
     """A refusal Canvas gave this file alone (the account answers), in words."""
+    from sisdropd.canvas import NotFound, Refused
+
     term = params.get("batch_mode_term_id")
     if term and (isinstance(e, NotFound) or "batch_mode_term_id" in e.message):
         return f"Canvas has no term {term} (batch_mode_term_id; Canvas answered {e.message})"

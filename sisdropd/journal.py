@@ -29,10 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
 from sisdropd.folders import STATE_MODE, journal_file, make_dir
 from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, Conflict, State, check
+from sisdropd.logs import logger  # loguru's, imported on first use: status never needs it
 
 SCHEMA_VERSION = 4
 

@@ -33,8 +33,11 @@ class State(StrEnum):
 ALLOWED: dict[State, frozenset[State]] = {
     # MOVING: held by the change guard (its file goes to held/).
     State.QUEUED: frozenset({State.POSTING, State.FINISHING, State.MOVING, State.LOST}),
-    # Back to QUEUED only once Canvas provably has no import of this post; MOVING when an
-    # operator discards a file that waits for a look-alike import to decide.
+    # Back to QUEUED only once Canvas provably has no import of this post: it is not in
+    # Canvas's list, or the body never reached its end (cut, or failed before it).
+    # FINISHING and MOVING (to held/): a check run while the file was sent rejected it, or
+    # the change guard held it, and the request was cut before its last bytes; MOVING also
+    # when an operator discards a file that waits for a look-alike import to decide.
     State.POSTING: frozenset({State.RUNNING, State.QUEUED, State.FINISHING, State.MOVING, State.LOST}),
     State.RUNNING: frozenset({State.FINISHING, State.LOST}),
     State.FINISHING: frozenset({State.DONE, State.FAILED, State.LOST}),

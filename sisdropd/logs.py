@@ -7,6 +7,9 @@ on every record escapes control characters (a file name cannot forge a log line)
 replaces every registered secret with ``[REDACTED]``, in the message and its fields.
 
 Callers bind the context: ``event(file="users.csv", import_id=4821).info("posted")``.
+
+loguru itself is imported on first use (``logger`` here stands for it): the commands that
+log nothing (``status``, ``validate``) never pay for it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ import re
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any
-
-from loguru import logger
+from typing import TYPE_CHECKING, Any, cast
 
 from sisdropd.errors import StartupError
 
@@ -48,6 +49,18 @@ _PRIORITY = {
 }
 _file_sink: dict[str, Any] = {}
 _installed: dict[str, Any] = {}  # what setup() was last given, for relevel()
+
+
+class _Loguru:
+    """loguru's logger, imported when first used (its import takes tens of milliseconds)."""
+
+    def __getattr__(self, name: str) -> Any:
+        from loguru import logger as loguru_logger
+
+        return getattr(loguru_logger, name)
+
+
+logger = cast("Logger", _Loguru())  # ``from sisdropd.logs import logger``: loguru's, imported lazily
 
 
 def add_secret(value: str | None) -> None:
@@ -114,7 +127,8 @@ def _patch(record: Record) -> None:
     extra["json"] = json.dumps(doc, ensure_ascii=False, default=str)
 
 
-def _under_journald() -> bool:
+def under_journald() -> bool:
+    """stderr is journald's stream (``$JOURNAL_STREAM`` names it): lines then carry no time."""
     js = os.environ.get("JOURNAL_STREAM", "")
     if not js:
         return False
@@ -150,7 +164,7 @@ def setup(cfg: LogConfig | None = None, *, stream: Any = None) -> None:
     level = (cfg.level if cfg else "INFO").upper()
     fmt = cfg.format if cfg else "text"
     logger.configure(patcher=_patch, extra={"file": None, "import_id": None})
-    journald = stream is None and _under_journald()
+    journald = stream is None and under_journald()
     json_fmt = _json_journald_format if journald else _json_format
     stream_fmt: Any = json_fmt if fmt == "json" else _text_format(not journald, journald)
     logger.add(

@@ -155,14 +155,19 @@ def unfinished(cfg: Config, journal: Journal, folders: Folders) -> None:
 # -- held/: the worker's side --------------------------------------------------------------
 def hold(
     cfg: Config, journal: Journal, folders: Folders, rec: FileRecord, verdict: guard.Verdict,
-    counts: dict[str, int], notifier: Notifier | None = None,
+    counts: dict[str, int], notifier: Notifier | None = None, sha256: str | None = None,
 ) -> None:
-    """QUEUED -> HELD: the file waits in held/ for an operator (release or discard); logged, alerted."""
+    """QUEUED (or POSTING, its body cut) -> HELD: the file waits in held/ for an operator
+    (release or discard); logged, alerted. ``sha256`` is that of the bytes judged: a
+    release accepts those bytes only."""
     reason = f"held by the change guard: {verdict.why}"
     info = {"dataset": verdict.dataset, "why": verdict.why, "counts": verdict.table()}
     log = log_event(rec.original_name, rec.import_id)
     try:
-        rec = park(cfg, journal, folders, rec, reason, note="change guard", guard=info, counts=counts)
+        rec = park(
+            cfg, journal, folders, rec, reason, note="change guard", expect=rec.state, sha256=sha256,
+            guard=info, counts=counts,
+        )
     except OSError as e:  # held/ cannot take it now: back in the queue, judged again later
         delay = max(cfg.canvas.retry_initial, min(60.0, cfg.canvas.retry_max))
         log.error("cannot move the file into held/ ({}): it stays in processing/, judged again in {:g}s", e.strerror or e, delay)
@@ -184,14 +189,17 @@ def hold(
 
 def park(
     cfg: Config, journal: Journal, folders: Folders, rec: FileRecord, reason: str, *, note: str,
-    expect: State = State.QUEUED, **fields: Any,
+    expect: State = State.QUEUED, sha256: str | None = None, **fields: Any,
 ) -> FileRecord:
-    """Move a record's file from processing/ into held/ with its sidecar, through MOVING, to HELD."""
+    """Move a record's file from processing/ into held/ with its sidecar, through MOVING, to HELD.
+
+    ``sha256`` is that of the bytes judged (a release accepts those bytes only); by default
+    the record's, else the file's as it is now."""
     name = plain(rec.stored_name)
     rec = begin(
         journal, folders, rec, command="hold", expect=expect, src=("processing", name), dst=("held", name),
         then=State.HELD, note=note, sidecar_at_dst=True, outcome_reason=reason,
-        sha256=rec.sha256 or sha256_or_none(folders.processing / name), **fields,
+        sha256=sha256 or rec.sha256 or sha256_or_none(folders.processing / name), **fields,
     )
     return carry_out(cfg, journal, folders, rec)
 

@@ -5,9 +5,14 @@ until nothing is left: tests, tools) repeatedly pick the journal's next file (an
 already under way first, else the oldest mtime) and perform the one step its state calls
 for:
 
-    QUEUED     pre-flight check; rejected -> FINISHING(failed); held by the change guard
-               -> HELD; else record the post (with the Canvas user of the token that
-               makes it) -> POSTING, and post
+    QUEUED     open the file once (``posting``: a private copy if it has another hard
+               link); checked up front: rejected -> FINISHING(failed), held by the change
+               guard -> HELD; else record the post (with the Canvas user of the token that
+               makes it) -> POSTING, and post from that descriptor. Checked while sent
+               (big CSVs), the same verdicts come before the body's last bytes, cutting
+               the request (POSTING -> FINISHING or HELD); bytes that are not the ones
+               checked -> QUEUED, checked again. None of these looks in Canvas's list:
+               Canvas never had a complete body
     POSTING    (answer lost, or a restart) look in Canvas's list: found -> RUNNING;
                a look-alike that lists no files yet -> wait for it (never post again
                meanwhile; an operator may discard the file); no candidate for the whole
@@ -31,35 +36,34 @@ through ``intake``; start-up repairs are ``recovery``'s; the end of a file's lif
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
 
 from loguru import logger
 
-from sisdropd import guard, importer, operator, outcome, preflight
+from sisdropd import guard, importer, operator, outcome, posting, preflight
 from sisdropd.canvas import (
     Backoff,
     CanvasClient,
     CanvasError,
     Forbidden,
     NotFound,
+    NotSent,
     RateLimited,
     Refused,
     Retryable,
     Stopped,
     TokenRejected,
 )
-from sisdropd.config import Config, TokenError, read_token
+from sisdropd.config import Config
 from sisdropd.crashpoint import crashpoint
-from sisdropd.files import sha256_of, sha256_or_none
 from sisdropd.folders import Folders, UnsafeName, plain
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import ACTIVE, Conflict, State
-from sisdropd.logs import add_secret
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
+from sisdropd.trouble import Trouble
 
 IDLE_WAKE = 5.0  # seconds: the loop wakes at least this often, so a watchdog sees it alive
 REFUSAL_TRIES = 3  # a refusal about one file fails it after this many posts...
@@ -82,8 +86,7 @@ class Worker:
         self.wake = threading.Event()  # set when a file was taken or an operator asked something
         c = cfg.canvas
         # Each backoff grows across steps and is reset only by the success it waits for.
-        self.auth_backoff = Backoff(c.retry_initial, c.retry_max)  # the account is refused
-        self.net_backoff = Backoff(c.retry_initial, c.retry_max)  # Canvas cannot be reached
+        self.trouble = Trouble(cfg, journal, client, notifier)  # refusals, unreachable Canvas, the token
         self.throttle_backoff = Backoff(c.retry_initial, c.retry_max)  # posts throttled
         self.bug_backoff = Backoff(c.retry_initial, c.retry_max)  # an unexpected error
         self.finisher = outcome.Finisher(cfg, journal, client, folders, notifier)
@@ -91,8 +94,6 @@ class Worker:
         self.post_grace = 2 * c.timeout
         self.patience = 2 * c.timeout  # how long one step retries a request before it yields
         self.refusal_spacing = min(REFUSAL_SPACING, c.retry_max)
-        self.blocked: str | None = None  # why Canvas refuses the account, while it does
-        self._token_epoch = 0  # bumped whenever the token is read again
         self._user: tuple[int, int] | None = None  # (token epoch, its Canvas user id)
         self._alerted: set[tuple[int, str]] = set()
         self.current: FileRecord | None = None
@@ -184,74 +185,127 @@ class Worker:
     # QUEUED -----------------------------------------------------------------------------
     def _prepare_and_post(self, rec: FileRecord) -> None:
         path, log = self.folders.processing / rec.stored_name, self._log(rec)
-        if not os.path.lexists(path):
+        # Fixed in the journal at the first post: a reload (SIGHUP) never changes a re-post.
+        params = rec.import_params or self.cfg.params_for(rec.original_name)
+        try:
+            out = posting.Outgoing.open(path, name=rec.original_name, rules=posting.Rules.of(self.cfg, params), private=True)
+        except FileNotFoundError:
             self.journal.transition(rec.id, State.LOST, "vanished before it was posted", expect=State.QUEUED)
             log.error("the file vanished from processing/ before it was posted; record closed")
             return
-        w = self.cfg.watch
-        # Fixed in the journal at the first post: a reload (SIGHUP) never changes a re-post.
-        params = rec.import_params or self.cfg.params_for(rec.original_name)
-        report = preflight.check_path(
-            path,
-            name=rec.original_name,
-            import_type=str(params.get("import_type", "instructure_csv")),
-            extensions=w.extensions,
-            limits=preflight.Limits(max_bytes=w.max_bytes),
-            validate_content=w.validate,
-        )
-        for warn in report.warnings[:5]:
-            log.warning("pre-flight: {}", warn)
-        if not report.ok:
-            problems = [str(p) for p in report.problems]
-            reason = "rejected by the pre-flight check: " + (report.problems[0].message if report.problems else "?")
-            for p in problems[:5]:
-                log.warning("rejected: {}", p)
-            outcome.fail(
-                self.journal, rec.id, "rejected", reason, expect=State.QUEUED, problems=problems,
-                sha256=sha256_or_none(path), size=report.size,
-            )
-            return
-        if guard.applies(self.cfg.guard, params) and not rec.guard_accepted:
-            key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
-            verdict = guard.judge(self.cfg.guard, key, self.journal.dataset_counts(key), report.counts)
-            if verdict.hold:
-                operator.hold(self.cfg, self.journal, self.folders, rec, verdict, report.counts, self.notifier)
+        with out:
+            if out.copied:
+                log.warning("it has another hard link, through which it could still be written: posting a private copy")
+            report = out.report  # None: checked while it is sent
+            if report is not None:
+                self._warnings(rec, report)
+                if not report.ok:
+                    self._reject(rec, report)
+                    return
+                verdict = self._guard(rec, params, report)
+                if verdict is not None:
+                    operator.hold(self.cfg, self.journal, self.folders, rec, verdict, report.counts, self.notifier, sha256=report.sha256)
+                    return
+            user_id = self._post_user(rec)
+            if user_id is None:
                 return
-        user_id = self._post_user(rec)
-        if user_id is None:
-            return
-        members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
-        upload = importer.upload_name(rec.original_name)
-        rec = self.journal.transition(
-            rec.id, State.POSTING, "posting", expect=State.QUEUED, upload_name=upload, members=members,
-            counts=report.counts, sha256=report.sha256 or sha256_of(path), size=report.size,
-            post_started=time.time(), attempts=rec.attempts + 1, import_params=params, post_user_id=user_id,
-            waiting_for=None, absent_since=None,
+            members = [[m.basename, m.size] for m in report.members] if report is not None and report.kind == "zip" else None
+            checked: dict[str, Any] = {} if report is None else {"counts": report.counts, "sha256": report.sha256}
+            upload = importer.upload_name(rec.original_name)
+            posting_rec = self.journal.transition(
+                rec.id, State.POSTING, "posting", expect=State.QUEUED, upload_name=upload, members=members,
+                size=out.size, post_started=time.time(), attempts=rec.attempts + 1, import_params=params,
+                post_user_id=user_id, waiting_for=None, absent_since=None, **checked,
+            )
+            crashpoint("before_post")
+            self._post(posting_rec, out, params, judged_as=rec)
+
+    def _warnings(self, rec: FileRecord, report: preflight.Report) -> None:
+        for warn in report.warnings[:5]:
+            self._log(rec).warning("pre-flight: {}", warn)
+
+    def _reject(self, rec: FileRecord, report: preflight.Report) -> None:
+        """Failed by the pre-flight check (QUEUED, or POSTING with its body never completed)."""
+        log = self._log(rec)
+        problems = [str(p) for p in report.problems]
+        reason = "rejected by the pre-flight check: " + (report.problems[0].message if report.problems else "?")
+        for p in problems[:5]:
+            log.warning("rejected: {}", p)
+        outcome.fail(
+            self.journal, rec.id, "rejected", reason, expect=rec.state, problems=problems, sha256=report.sha256,
+            size=report.size,
         )
-        crashpoint("before_post")
-        self._post(rec)
+
+    def _guard(self, rec: FileRecord, params: dict[str, Any], report: preflight.Report) -> guard.Verdict | None:
+        """The change guard's verdict when it holds the file, else None.
+
+        A file an operator released is not judged again while its bytes are the ones
+        accepted (the hash journaled when it was held); other bytes are judged afresh.
+        """
+        if not guard.applies(self.cfg.guard, params):
+            return None
+        if rec.guard_accepted:
+            if rec.sha256 is not None and rec.sha256 == report.sha256:
+                return None
+            self._log(rec).warning(
+                "its bytes are not the ones the operator released (sha256 {}, now {}): the change guard judges it again",
+                (rec.sha256 or "unknown")[:12], (report.sha256 or "unknown")[:12],
+            )
+        key = guard.dataset_key(self.cfg.guard, rec.original_name, params)
+        verdict = guard.judge(self.cfg.guard, key, self.journal.dataset_counts(key), report.counts)
+        return verdict if verdict.hold else None
 
     def _post_user(self, rec: FileRecord) -> int | None:
         """The Canvas user of the token the next post goes with (asked again whenever the
         token was read again: a rotated token may belong to another user); None on trouble."""
-        if self._user is not None and self._user[0] == self._token_epoch:
+        if self._user is not None and self._user[0] == self.trouble.token_epoch:
             return self._user[1]
         try:
             me = self.client.whoami(log=self._log(rec), deadline=time.time() + self.patience)
         except CanvasError as e:
-            self._canvas_trouble(rec, e)
+            self.trouble.canvas(rec, e)
             return None
         # Not "cleared": /users/self answers whatever the account's state (§1).
-        self._user = (self._token_epoch, int(me["id"]))
+        self._user = (self.trouble.token_epoch, int(me["id"]))
         return self._user[1]
 
-    def _post(self, rec: FileRecord) -> None:
+    def _post(self, rec: FileRecord, out: posting.Outgoing, params: dict[str, Any], judged_as: FileRecord) -> None:
+        """Post ``out`` for the POSTING record ``rec`` (``judged_as``: the record as it was
+        queued, whose guard acceptance counts), and record what came of it."""
         log = self._log(rec)
-        params = rec.import_params or self.cfg.params_for(rec.original_name)
         log.info("posting {} bytes as {} ({})", rec.size, rec.upload_name, ", ".join(f"{k}={v}" for k, v in params.items()))
         started = time.monotonic()
+
+        def judge(report: preflight.Report) -> None:
+            """Checked while sent: the verdict before the body's last bytes go."""
+            self._warnings(rec, report)
+            verdict = self._guard(judged_as, params, report)
+            if verdict is not None:
+                raise posting.Held(verdict, report)
+            # What is about to be posted, durable before Canvas can have a complete body.
+            self.journal.update(rec.id, expect=State.POSTING, sha256=report.sha256, counts=report.counts)
+
         try:
-            imp = self.client.create_import(self.folders.processing / rec.stored_name, upload_name=rec.upload_name or "", params=params)
+            imp = self.client.create_import(out.source(judge), upload_name=rec.upload_name or "", params=params)
+        except posting.Rejected as e:
+            report = e.report or out.finish_check()
+            assert report is not None
+            self._warnings(rec, report)
+            log.warning("the upload was cut before its last bytes: the file fails the pre-flight check")
+            self._reject(rec, report)
+            return
+        except posting.Held as e:
+            log.warning("the upload was cut before its last bytes: the change guard holds the file")
+            operator.hold(self.cfg, self.journal, self.folders, rec, e.verdict, e.report.counts, self.notifier, sha256=e.report.sha256)
+            return
+        except posting.Changed as e:
+            delay = self.cfg.watch.settle_seconds
+            log.warning("the upload was cut before its last bytes, Canvas got nothing: {}; checked again in {:g}s", e, delay)
+            self.journal.transition(
+                rec.id, State.QUEUED, f"not posted: {e}", expect=State.POSTING, next_attempt=time.time() + delay,
+                last_error=str(e)[:500],
+            )
+            return
         except RateLimited as e:
             # Canvas throttles in its middleware, before the controller saves anything. The
             # backoff keeps growing until a post gets through.
@@ -266,6 +320,19 @@ class Worker:
         except (TokenRejected, Forbidden, NotFound, Refused) as e:
             # Canvas refused before it queued anything: the post did not happen (§2.4).
             self._refused(rec, e, params)
+            return
+        except NotSent as e:
+            report = out.finish_check()  # a check cut short with the request: finished here
+            if report is not None and not report.ok:
+                self._reject(rec, report)
+                return
+            delay = Backoff(self.cfg.canvas.retry_initial, self.cfg.canvas.retry_max, attempt=max(0, rec.attempts - 1)).next()
+            self.client.retries[e.cause] += 1
+            log.warning("post failed before its body was complete ({}): Canvas created nothing; posting again in {:.1f}s", e.message, delay)
+            self.journal.transition(
+                rec.id, State.QUEUED, "not posted: the request failed before its body was complete", expect=State.POSTING,
+                next_attempt=time.time() + delay, last_error=e.message[:500],
+            )
             return
         except (Retryable, OSError) as e:
             delay = min(self.cfg.canvas.retry_max, self.cfg.canvas.retry_initial)
@@ -282,7 +349,7 @@ class Worker:
         mbps = (rec.size or 0) / max(1e-6, time.monotonic() - started) / 1e6
         self._log(rec).info("posted: import {} ({}), {:.1f} MB/s", import_id, imp.get("workflow_state"), mbps)
         self.throttle_backoff.reset()
-        self._cleared()
+        self.trouble.cleared()
         crashpoint("running")
 
     def _refused(self, rec: FileRecord, e: CanvasError, params: dict[str, Any]) -> None:
@@ -296,13 +363,13 @@ class Worker:
                 refusal = importer.probe_account(self.client, log=log, patience=self.patience)
             except Retryable as r:
                 rec = self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}", expect=State.POSTING)
-                self._canvas_trouble(rec, r)
+                self.trouble.canvas(rec, r)
                 return
         if refusal is not None:
             rec = self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}", expect=State.POSTING, refusals=0)
-            self._blocked(rec, refusal)
+            self.trouble.block(rec, refusal)
             return
-        self._cleared()
+        self.trouble.cleared()
         tries = rec.refusals + 1
         reason = importer.file_refusal(e, params)
         if tries >= REFUSAL_TRIES:
@@ -335,9 +402,9 @@ class Worker:
                 deadline=time.time() + self.patience,
             )
         except CanvasError as e:
-            self._canvas_trouble(rec, e)
+            self.trouble.canvas(rec, e)
             return
-        self._cleared()
+        self.trouble.cleared()
         now = time.time()
         if verdict == "found" and imp is not None:
             rec = self.journal.transition(
@@ -383,7 +450,9 @@ class Worker:
         deadline = (rec.post_started or time.time()) + self.cfg.watch.max_wait
 
         def progress(imp: dict[str, Any]) -> None:
-            self._cleared()
+            self.trouble.cleared()
+            if importer.is_final(imp.get("workflow_state")) and not importer.needs_errors_file(imp):
+                return  # decided at once: the FINISHING transition journals the same state
             self.journal.update(rec.id, expect=State.RUNNING, workflow_state=imp.get("workflow_state"), progress=imp.get("progress"))
 
         try:
@@ -395,10 +464,10 @@ class Worker:
             try:
                 refusal = importer.probe_account(self.client, log=log, patience=self.patience)
             except Retryable as r:
-                self._canvas_trouble(rec, r)
+                self.trouble.canvas(rec, r)
                 return
             if refusal is not None:
-                self._blocked(rec, refusal)
+                self.trouble.block(rec, refusal)
                 return
             reason = f"Canvas no longer knows import {rec.import_id} ({e.message})"
             log.error("{}", reason)
@@ -408,12 +477,12 @@ class Worker:
             if time.time() >= deadline:
                 self._unreachable_at_deadline(rec, e)
             else:
-                self._canvas_trouble(rec, e)
+                self.trouble.canvas(rec, e)
             return
         except CanvasError as e:
-            self._canvas_trouble(rec, e)
+            self.trouble.canvas(rec, e)
             return
-        self._cleared()
+        self.trouble.cleared()
         if final:
             outcome.decide(self.journal, rec, imp)
         else:
@@ -437,14 +506,14 @@ class Worker:
                 try:
                     imp = self.client.get_import(rec.import_id, log=log, deadline=time.time() + self.patience)
                 except CanvasError as e:
-                    self._canvas_trouble(rec, e)
+                    self.trouble.canvas(rec, e)
                     return
                 if importer.is_final(imp.get("workflow_state")):
                     outcome.decide(self.journal, rec, imp)
                     return
                 reason += f"; {may_run}"
             except Retryable as e:  # ask again (and abort) at the next step
-                self._canvas_trouble(rec, e)
+                self.trouble.canvas(rec, e)
                 return
             except CanvasError as e:
                 reason += f"; the abort failed ({e.message}): {may_run}"
@@ -455,7 +524,7 @@ class Worker:
 
     def _unreachable_at_deadline(self, rec: FileRecord, e: CanvasError) -> None:
         """max_wait has passed but Canvas cannot be asked: keep waiting for its word (logged, alerted once)."""
-        delay = self.net_backoff.next()
+        delay = self.trouble.net_backoff.next()
         self.client.retries[e.cause] += 1
         log = self._log(rec)
         if (rec.id, "deadline") not in self._alerted:
@@ -465,7 +534,7 @@ class Worker:
                 f"{rec.import_id} is ({e.message}): the file waits for Canvas's word, never sent to failed/ without it"
             )
             log.error("{}; asking again in {:.0f}s", reason, delay)
-            self._notify("blocked", rec, reason)
+            self.trouble.notify("blocked", rec, reason)
         else:
             log.warning("Canvas still cannot be reached about import {} ({}); asking again in {:.0f}s", rec.import_id, e.message, delay)
         self.journal.update(rec.id, expect=State.RUNNING, next_attempt=time.time() + delay, last_error=e.message[:500])
@@ -473,57 +542,6 @@ class Worker:
     # FINISHING --------------------------------------------------------------------------
     def _finish(self, rec: FileRecord) -> None:
         self.finisher.finish(rec, operator.locate(self.folders, rec))
-
-    # trouble ----------------------------------------------------------------------------
-    def _canvas_trouble(self, rec: FileRecord, e: CanvasError) -> None:
-        """A problem on Canvas's side or with our credentials: keep the file, wait, try again."""
-        if isinstance(e, TokenRejected | Forbidden | NotFound | Refused):
-            self._blocked(rec, e)
-            return
-        delay = self.net_backoff.next()
-        self._log(rec).warning("Canvas trouble ({}); trying again in {:.0f}s", e.message, delay)
-        self.client.retries[e.cause] += 1
-        self.journal.update(rec.id, expect=rec.state, next_attempt=time.time() + delay, last_error=e.message[:500])
-
-    def _blocked(self, rec: FileRecord, e: CanvasError) -> None:
-        """Canvas refuses the account itself: every file waits, in order. Said once (log and
-        a "blocked" alert) until it clears; a refused token is read again each time."""
-        log = self._log(rec)
-        what = importer.account_refusal(e, self.cfg.canvas.account_id)
-        delay = self.auth_backoff.next()
-        if isinstance(e, TokenRejected):
-            self._reload_token(log)
-        if self.blocked != what:
-            self.blocked = what
-            log.error("blocked: {}. Every file waits in the queue, in order, until Canvas accepts the account again (asking every {:g}s at most)", what, self.cfg.canvas.retry_max)
-            self._notify("blocked", rec, what)
-        else:
-            log.debug("still blocked: {} (asking again in {:.0f}s)", what, delay)
-        self.client.retries[e.cause] += 1
-        self.journal.update(rec.id, expect=rec.state, next_attempt=time.time() + delay, last_error=e.message[:500])
-
-    def _cleared(self) -> None:
-        """Canvas answered: a refusal of the account is over (said so), the backoffs start again."""
-        if self.blocked is not None:
-            logger.info("unblocked: Canvas accepts the account again (it refused: {}); the queue moves on", self.blocked)
-            self.blocked = None
-        self.auth_backoff.reset()
-        self.net_backoff.reset()
-
-    def _notify(self, event: str, rec: FileRecord, reason: str) -> None:
-        if self.notifier is not None:
-            self.notifier.send(event, {"file": rec.original_name, "import_id": rec.import_id, "state": rec.workflow_state, "reason": reason})
-
-    def _reload_token(self, log: Any) -> None:
-        """The operator may have put a new token in place: read it again from its source."""
-        try:
-            token, _ = read_token(self.cfg)
-        except TokenError as e:
-            log.error("cannot read the token again: {}", e)
-            return
-        add_secret(token)
-        self.client.set_token(token)
-        self._token_epoch += 1  # its Canvas user is asked again before the next post
 
     # views ------------------------------------------------------------------------------
     def in_flight(self) -> FileRecord | None:
@@ -547,6 +565,6 @@ class Worker:
                 s += f"; {r.original_name} waits for import {r.waiting_for} to list its files"
             else:
                 s += f"; {r.original_name} #{r.import_id or '?'} {r.workflow_state or r.state} {r.progress or 0}%"
-        if self.blocked:
-            s += f"; BLOCKED: {self.blocked}"
+        if self.trouble.blocked:
+            s += f"; BLOCKED: {self.trouble.blocked}"
         return s

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sisdropd import importer
-from sisdropd.canvas import CanvasError, NotFound, client_for
 from sisdropd.commands import config_of, say, token_of
 from sisdropd.config import Config
 from sisdropd.folders import journal_file, pause_flag
@@ -157,6 +156,9 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
 
 def canvas_status(cfg: Config, token: str, import_id: int, *, as_json: bool = False) -> int:
     """Print one SIS import as Canvas reports it; 1 if Canvas does not know it."""
+    # Imported here: the journal's view needs no HTTP, and requests takes a while to import.
+    from sisdropd.canvas import CanvasError, NotFound, client_for
+
     c = cfg.canvas
     client = client_for(cfg, token, patience="command")
     try:

@@ -8,16 +8,19 @@ rejected; 3 gave up waiting or Canvas unreachable; 4 token rejected (401).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from sisdropd import importer, logs, preflight
+from sisdropd import importer, linelog, posting, preflight
 from sisdropd.canvas import (
     CanvasError,
     Forbidden,
     NotFound,
+    NotSent,
     Refused,
     Retryable,
     TokenRejected,
@@ -35,9 +38,10 @@ from sisdropd.commands import (
     say as say_line,
 )
 from sisdropd.config import Config
-from sisdropd.logs import event as log_event
 from sisdropd.logs import redact
 from sisdropd.progress import Progress
+
+CHANGED_TRIES = 3  # a file that changes while it is posted is checked again this often
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,7 +49,6 @@ def main(args: argparse.Namespace) -> int:
     token = token_of(cfg)
     # On a terminal (and not --json): one self-rewriting progress line on stdout.
     shown = Progress.on(sys.stdout, Path(args.file).name, enabled=not args.json)
-    logs.setup(cfg.log, stream=shown.log_stream(sys.stderr))
     return submit(cfg, token, Path(args.file), wait=not args.no_wait, as_json=args.json, shown=shown)
 
 
@@ -54,59 +57,86 @@ def submit(
 ) -> int:
     """Run one file through Canvas; returns the exit status of the contract.
 
-    ``shown`` is the progress line (``progress.Progress``); inert when not given.
+    The file is checked and posted as the daemon posts it (``posting``), with the
+    parameters the daemon would give it (the first matching ``[[rules]]`` over
+    ``[import]``): opened once, posted from that descriptor, the body's last bytes held
+    back until the bytes sent are the bytes checked. ``shown`` is the progress line
+    (``progress.Progress``; inert when not given).
     """
-    shown = shown or Progress(None)
+    progress = shown or Progress(None)
 
     def say(line: str) -> None:  # every line of ours first takes the progress line away
-        shown.clear()
+        progress.clear()
         say_line(line)
 
+    log_event = linelog.for_command(cfg.log, stream=progress.log_stream(sys.stderr))
     log = log_event(path.name)
     w = cfg.watch
-    report = preflight.check_path(
-        path, import_type=cfg.import_type, extensions=w.extensions,
-        limits=preflight.Limits(max_bytes=w.max_bytes), validate_content=w.validate,
-    )
-    for warn in report.warnings[:10]:
-        say(f"warning: {warn}")
-    if not report.ok:
-        for p in report.problems:
-            say(f"rejected: {p}")
-        return EXIT_FAILED
-    c = cfg.canvas
+    params = cfg.params_for(path.name)
+    rules = posting.Rules.of(cfg, params)
     client = client_for(cfg, token, patience="submit")
-    upload = importer.upload_name(path.name)
     started = time.time()
     deadline = started + w.max_wait
     try:
-        log.info("posting {} bytes as {}", report.size, upload)
-        try:
-            imp = client.create_import(path, upload_name=upload, params=cfg.import_params, on_sent=shown.upload)
-        except Retryable as e:
-            log.warning("post failed ({}); looking for it in Canvas", e.message)
-            members = [[m.basename, m.size] for m in report.members] if report.kind == "zip" else None
-            verdict, found = importer.find_posted(
-                client, upload=upload, members=members, post_started=started, post_user_id=None,
-                exclude=set(), log=log, deadline=time.time() + 2 * c.timeout,
-            )
-            if found is None:
-                say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'waiting' else 'not '}posted")
-                return EXIT_GAVE_UP
-            imp = found
+        imp = None
+        for _ in range(CHANGED_TRIES):
+            try:
+                out = posting.Outgoing.open(path, name=path.name, rules=rules)
+            except FileNotFoundError:
+                say(f"rejected: {path.name}: no longer exists")
+                return EXIT_FAILED
+            with out:
+                if out.report is not None and not _passes(out.report, say):
+                    return EXIT_FAILED
+                upload = importer.upload_name(path.name)
+                started = time.time()
+                log.info("posting {} bytes as {}", out.size, upload)
+                try:
+                    # No hash of a file checked while sent: submit keeps no record of it.
+                    imp = client.create_import(
+                        out.source(lambda report: _show_warnings(report, say), sha256=False), upload_name=upload,
+                        params=params, on_progress=functools.partial(_upload_shown, progress, out.size),
+                    )
+                except posting.Rejected as e:
+                    _passes(e.report or out.finish_check(), say)
+                    return EXIT_FAILED
+                except posting.Changed as e:
+                    say(f"{path.name} changed while it was being posted ({e}); Canvas got nothing: checking it again")
+                    continue
+                except NotSent as e:
+                    report = out.finish_check()
+                    if report is not None and not _passes(report, say):
+                        return EXIT_FAILED
+                    say(f"gave up: Canvas unreachable ({e.message}); the file was not posted")
+                    return EXIT_GAVE_UP
+                except Retryable as e:
+                    log.warning("post failed ({}); looking for it in Canvas", e.message)
+                    report = out.finish_check()
+                    members = [[m.basename, m.size] for m in report.members] if report is not None and report.kind == "zip" else None
+                    verdict, found = importer.find_posted(
+                        client, upload=upload, members=members, post_started=started, post_user_id=None,
+                        exclude=set(), log=log, deadline=time.time() + 2 * cfg.canvas.timeout,
+                    )
+                    if found is None:
+                        say(f"gave up: Canvas unreachable ({e.message}); the file was {'maybe ' if verdict == 'waiting' else 'not '}posted")
+                        return EXIT_GAVE_UP
+                    imp = found
+            break
+        if imp is None:
+            say(f"gave up: {path.name} kept changing while it was being posted; it was not posted")
+            return EXIT_GAVE_UP
         import_id = int(imp["id"])
         log = log_event(path.name, import_id)
         log.info("posted: import {}", import_id)
-        shown.canvas(imp)
+        progress.canvas(imp)
         if not wait:
-            shown.clear()
             say(f"posted: import {import_id} ({imp.get('workflow_state')})")
             return EXIT_OK
         final_imp, final = importer.follow(
-            client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log, on_update=shown.canvas,
-            patience=2 * c.timeout,
+            client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log, on_update=progress.canvas,
+            patience=2 * cfg.canvas.timeout,
         )
-        shown.clear()
+        progress.clear()
         if not final:
             state = (final_imp or {}).get("workflow_state")
             if w.abort_on_timeout:
@@ -136,6 +166,25 @@ def submit(
         say(f"gave up: Canvas unreachable ({getattr(e, 'message', e)})")
         return EXIT_GAVE_UP
     finally:
-        shown.clear()
+        progress.clear()
         client.close()
         sys.stdout.flush()
+
+
+def _upload_shown(progress: Progress, size: int, sent: int) -> None:
+    progress.upload(sent, size)
+
+
+def _show_warnings(report: preflight.Report, say: Callable[[str], None]) -> None:
+    for warn in report.warnings[:10]:
+        say(f"warning: {warn}")
+
+
+def _passes(report: preflight.Report | None, say: Callable[[str], None]) -> bool:
+    """Print the check's warnings and problems; True when the file may be posted."""
+    if report is None:
+        return True
+    _show_warnings(report, say)
+    for p in report.problems:
+        say(f"rejected: {p}")
+    return report.ok

@@ -13,7 +13,8 @@ The package, one module per concern:
 - ``check``: the entry points. ``check_path(path)`` for a dropped file (the daemon,
   ``sisdropd validate``); ``check_fd(fd)`` for an open descriptor, read with pread only,
   which can also hash a zip in a pass bracketed by fstat; ``check_open(f)`` for a file
-  object. ``files``: opening a file safely, and what its name says it is.
+  object; ``check_kind(fd)``, the part that reads no content, for a caller that feeds
+  ``CsvCheck`` the blocks it posts. ``files``: opening a file safely, and what its name says it is.
 - ``report``: the ``Report`` with its ``Problem``s and ``Member``s, and the ``Limits``.
 - ``csvcheck``: ``CsvCheck``, the push API (feed a CSV's blocks as they are read and
   sent, get check_path's Report and the SHA-256 at the end), over ``csvbytes`` (every
@@ -39,8 +40,11 @@ from sisdropd.preflight.params import IMPORT_PARAMS, check_import_params
 
 if TYPE_CHECKING:  # the names __getattr__ hands out, for type checkers ("as" re-exports)
     from sisdropd.preflight.check import check_fd as check_fd
+    from sisdropd.preflight.check import check_kind as check_kind
     from sisdropd.preflight.check import check_open as check_open
     from sisdropd.preflight.check import check_path as check_path
+    from sisdropd.preflight.check import settled_stat as settled_stat
+    from sisdropd.preflight.check import stat_identity as stat_identity
     from sisdropd.preflight.csvcheck import CsvCheck as CsvCheck
     from sisdropd.preflight.csvrows import DEEP_BYTES as DEEP_BYTES
     from sisdropd.preflight.csvrows import MAX_RECORD_BYTES as MAX_RECORD_BYTES
@@ -55,7 +59,10 @@ if TYPE_CHECKING:  # the names __getattr__ hands out, for type checkers ("as" re
 _LAZY: dict[str, str] = {
     "check_path": "check",
     "check_fd": "check",
+    "check_kind": "check",
     "check_open": "check",
+    "settled_stat": "check",
+    "stat_identity": "check",
     "CsvCheck": "csvcheck",
     "Report": "report",
     "Problem": "report",

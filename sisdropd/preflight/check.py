@@ -37,8 +37,6 @@ from sisdropd.preflight.report import (
     internal,
     size_problem,
 )
-from sisdropd.preflight.xmlcheck import check_xml
-from sisdropd.preflight.zipcheck import check_zip
 
 EXTENSIONS = ("csv", "xml", "zip")
 # CSVs this big are hashed on a thread of their own while the check runs (1.4 GB/s for a
@@ -117,22 +115,50 @@ def check_fd(
     """
     build = Builder(name, kind_of(name), 0, limits)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            build.problem(None, f"is {file_kind(st.st_mode)}, not a regular file")
+        if not _kind_checks(fd, build, extensions):
             return build.done()
-        build.report.size = st.st_size
-        wanted = {e.lower().lstrip(".") for e in extensions}
-        ext = extension(name)
-        if ext not in wanted:
-            shown = f"the extension .{ext}" if ext else "no extension"
-            accepted = ", ".join(f".{e}" for e in sorted(wanted)) or "none"
-            build.problem(None, f"has {shown}; only files named {accepted} are taken")
-            return build.done()
-        return _check_content(_FdSource(fd, st.st_size), build, import_type, validate_content, sha256)
+        return _check_content(_FdSource(fd, build.report.size), build, import_type, validate_content, sha256)
     except Exception as e:  # a safety net: never raise for a file, say what went wrong
         build.problem(None, internal(e))
         return build.done()
+
+
+def check_kind(
+    fd: int, *, name: str, extensions: Sequence[str] = EXTENSIONS, limits: Limits = DEFAULT_LIMITS
+) -> Report:
+    """The part of ``check_fd`` that reads no content: ``fd`` is a regular file, ``name``
+    has one of the ``extensions``, the file is neither empty nor bigger than ``limits``.
+
+    For a caller that checks the content as it reads it (``CsvCheck``, fed the blocks it
+    posts): the Report is ``ok`` when the content may be checked next; its ``size`` is
+    fstat's. Never raises for bad input.
+    """
+    build = Builder(name, kind_of(name), 0, limits)
+    try:
+        if _kind_checks(fd, build, extensions):
+            refused = size_problem(build.report.size, limits)
+            if refused:
+                build.problem(None, refused)
+    except OSError as e:
+        build.problem(None, f"could not be read ({e})")
+    return build.done()
+
+
+def _kind_checks(fd: int, build: Builder, extensions: Sequence[str]) -> bool:
+    """A regular file with an accepted extension (its size set in the report); else a problem."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        build.problem(None, f"is {file_kind(st.st_mode)}, not a regular file")
+        return False
+    build.report.size = st.st_size
+    wanted = {e.lower().lstrip(".") for e in extensions}
+    ext = extension(build.report.name)
+    if ext not in wanted:
+        shown = f"the extension .{ext}" if ext else "no extension"
+        accepted = ", ".join(f".{e}" for e in sorted(wanted)) or "none"
+        build.problem(None, f"has {shown}; only files named {accepted} are taken")
+        return False
+    return True
 
 
 def check_open(
@@ -257,11 +283,11 @@ def _check_content(
     try:
         if validate and report.kind == "zip":
             if sha256 and isinstance(source, _FdSource):  # bracketed: see check_fd
-                before = _settled_stat(source.fd)
+                before = settled_stat(source.fd)
                 check_zip(source.file(), build)
                 for _ in hashed():
                     pass
-                changed = _identity(before) != _identity(os.fstat(source.fd))
+                changed = stat_identity(before) != stat_identity(os.fstat(source.fd))
             else:
                 check_zip(source.file(), build)
         elif validate and report.kind == "xml":
@@ -289,12 +315,28 @@ def _check_content(
     return report
 
 
-def _identity(st: os.stat_result) -> tuple[int, ...]:
+def check_zip(f: BinaryIO, build: Builder) -> None:
+    """``zipcheck.check_zip``, imported on first use: a CSV never needs it."""
+    from sisdropd.preflight import zipcheck
+
+    zipcheck.check_zip(f, build)
+
+
+def check_xml(blocks: Iterator[bytes], build: Builder, import_type: str) -> None:
+    """``xmlcheck.check_xml``, imported on first use: a CSV never needs it (nor expat)."""
+    from sisdropd.preflight import xmlcheck
+
+    xmlcheck.check_xml(blocks, build, import_type)
+
+
+def stat_identity(st: os.stat_result) -> tuple[int, ...]:
+    """What a write to a file changes, for an fstat before and after a read of it."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _settled_stat(fd: int) -> os.stat_result:
-    """fstat, once the file's ctime is older than a clock tick (waiting at most 0.5 s)."""
+def settled_stat(fd: int) -> os.stat_result:
+    """fstat, once the file's ctime is older than a clock tick (waiting at most 0.5 s), so
+    that any later write gives it another ctime (see ``check_fd``)."""
     for _ in range(10):
         st = os.fstat(fd)
         wait = st.st_ctime_ns + _TICK_NS - time.time_ns()

@@ -141,7 +141,7 @@ class CsvScan:
 class CsvCheck:
     """The pre-flight check of one CSV, fed its bytes in order: the push API.
 
-    ``CsvCheck(name, size=..., limits=..., validate_content=..., background=...)`` then
+    ``CsvCheck(name, size=..., limits=..., validate_content=..., background=..., sha256=...)`` then
     ``feed(block)`` for each consecutive block of the file, then ``finish()`` for the
     Report. ``name`` is the display name (as ``check_path``'s ``name``), ``size`` the
     file's size in bytes as found by fstat before reading: an empty or too big file is
@@ -160,7 +160,9 @@ class CsvCheck:
     (hashlib releases the GIL, so it takes a second core) and ``feed`` blocks while 8
     blocks wait to be hashed. Blocks must then not change after ``feed`` (a bytearray or
     memoryview is copied; bytes are not). ``finish`` (or ``close``, or leaving a ``with``
-    block) ends that thread; ``close`` abandons the check without a Report.
+    block) ends that thread; ``close`` abandons the check without a Report. With
+    ``sha256=False`` nothing is hashed (``sha256`` None): for a caller that needs no hash,
+    such as an uploader that sends the very blocks it feeds and keeps no record of them.
 
     Memory is bounded whatever the file: a block is not kept once it is checked (with
     ``background``, up to 8 wait to be hashed), the byte-level pass works on 64 KiB pieces
@@ -177,9 +179,10 @@ class CsvCheck:
         limits: Limits = DEFAULT_LIMITS,
         validate_content: bool = True,
         background: bool = False,
+        sha256: bool = True,
     ) -> None:
         self._build = Builder(name, "csv", size, limits)
-        self._digest = hashlib.sha256()
+        self._digest = hashlib.sha256() if sha256 else None
         self._size = size
         self._fed = 0
         self._error: Exception | None = None
@@ -192,7 +195,7 @@ class CsvCheck:
             self._build.problem(None, refused)
         elif validate_content:
             self._scan = CsvScan(name, self._build)
-        if background:
+        if background and self._digest is not None:
             self._queue = queue.Queue(maxsize=_QUEUED)
             self._thread = threading.Thread(target=self._work, name=f"sha256 {name}"[:60], daemon=True)
             self._thread.start()
@@ -207,7 +210,10 @@ class CsvCheck:
     def feed(self, block: bytes | bytearray | memoryview) -> None:
         """Hash and check the next block of the file."""
         self._fed += len(block)
-        if self._queue is not None:  # hashed on the helper thread, while this one checks
+        if self._digest is None:  # the check alone
+            if self._scan is not None and self._error is None:
+                self._check(block if isinstance(block, (bytes, bytearray)) else bytes(block))
+        elif self._queue is not None:  # hashed on the helper thread, while this one checks
             block = block if isinstance(block, bytes) else bytes(block)
             self._queue.put(block)
             if self._scan is not None and self._error is None:
@@ -241,7 +247,7 @@ class CsvCheck:
         if self._error is not None:
             build.problem(None, internal(self._error))
         report = build.done()
-        report.sha256 = self._digest.hexdigest()
+        report.sha256 = self._digest.hexdigest() if self._digest is not None else None
         return report
 
     def close(self) -> None:
@@ -268,7 +274,7 @@ class CsvCheck:
         """The helper thread: hash blocks until the end (None) is queued."""
         assert self._queue is not None
         while (block := self._queue.get()) is not None:
-            if not self._abandoned:
+            if not self._abandoned and self._digest is not None:
                 self._digest.update(block)  # releases the GIL: runs beside the check
 
     def _stop(self) -> None:

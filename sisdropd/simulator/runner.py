@@ -145,6 +145,9 @@ class Runner:
 
     def _wait_time(self, now: float) -> float:
         if self._running is not None or self._restoring():
+            b = self._running
+            if b is not None and b.unpacked and not b.held:  # a phase ends on time, not on the next tick
+                return max(0.0, min(0.02, b.phase_start + b.phase_len - now))
             return 0.02
         wait = 0.5
         for b in self._due:

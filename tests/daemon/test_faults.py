@@ -60,14 +60,20 @@ def zip_bytes() -> bytes:
     return buf.getvalue()
 
 
-# Every point with a CSV; a zip where the post must be found again by its members.
-CRASHES = [("csv", p) for p in POINTS] + [("zip", p) for p in ("before_post", "uploading", "posted")]
+# Every point with a CSV; a zip where the post must be found again by its members; a CSV
+# big enough to be checked while it is sent, where the sidecar's hash is journaled late.
+CRASHES = (
+    [("csv", p) for p in POINTS] + [("zip", p) for p in ("before_post", "uploading", "posted")]
+    + [("big csv", p) for p in ("uploading", "posted")]
+)
 
 
 @pytest.mark.parametrize(("kind", "point"), CRASHES)
 def test_sigkill_at_each_crash_point_then_restart(drop: Drop, daemon, point: str, kind: str) -> None:
-    name, data = ("users.csv", USERS.encode()) if kind == "csv" else ("term.zip", zip_bytes())
-    if point == "uploading":  # big enough that half of it is a real, separate write
+    name, data = ("users.csv", USERS.encode()) if kind != "zip" else ("term.zip", zip_bytes())
+    if kind == "big csv":  # bigger than posting.PRECHECK_BYTES
+        data = (USERS + "".join(f"u{i},l{i},F,L,active\n" for i in range(3, 400_000))).encode()
+    if point == "uploading" and kind != "big csv":  # big enough that half of it is a real, separate write
         data = (USERS + "".join(f"u{i},l{i},F,L,active\n" for i in range(3, 60000))).encode()
         if kind == "zip":
             buf = io.BytesIO()

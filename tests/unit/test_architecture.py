@@ -8,7 +8,8 @@ dependency). The rules (README "Layout", issue 13):
 - the daemon's modules never import the simulator, directly or through another module:
   only ``sisdropd.commands.demo`` (the ``demo`` and ``fake-canvas`` commands) may;
 - no module over ``MAX_LINES`` lines;
-- ``validate``, ``status`` and ``submit`` start without the daemon, watchdog or the simulator.
+- ``validate``, ``status`` and ``submit`` start without the daemon, watchdog or the simulator,
+  and without loguru; ``validate`` and ``status`` without requests either (``NOT_LOADED``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from sisdropd.simulator import FakeCanvas
+from tests.support import REPO, TOKEN, USERS
 
 PACKAGE = REPO / "sisdropd"
 MAX_LINES = 600
@@ -157,25 +159,54 @@ def test_no_module_is_longer_than_max_lines() -> None:
 
 
 HEAVY = ("watchdog", "daemon", "sisdropd.daemon", "sisdropd.watcher", *SIMULATOR)
+# What each quick command must start without (issue 15: import only what a command needs).
+# loguru's import costs a third of submit's start-up (submit logs through sisdropd.linelog);
+# requests (and urllib3) cost more than everything else, and the journal's view needs no HTTP.
+NOT_LOADED = {
+    "validate": (*HEAVY, "loguru", "requests", "urllib3", "sisdropd.canvas"),
+    "status": (*HEAVY, "loguru", "requests", "urllib3", "sisdropd.canvas"),
+    "submit": (*HEAVY, "loguru"),
+}
 PROBE = """
 import sys
 from sisdropd import cli
 code = cli.main(sys.argv[1:])
-heavy = sorted(m for m in sys.modules if m.startswith({heavy!r}))
+print("CODE", code)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {top!r} or m.startswith({heavy!r}))
 print("HEAVY", heavy)
 """
 
 
+def loaded_by(command: str, args: list[str]) -> tuple[int, list[str]]:
+    """Run ``sisdropd ARGS`` in a fresh interpreter: its exit code, and which of
+    ``NOT_LOADED[command]`` it had imported by the end."""
+    banned = NOT_LOADED[command]
+    top = {b for b in banned if "." not in b}
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=banned, top=top), *args], capture_output=True, text=True, timeout=60,
+        env={"SISDROPD_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
+    )
+    assert "HEAVY" in r.stdout, r.stdout + r.stderr
+    code = int(r.stdout.split("CODE", 1)[1].split()[0])
+    return code, eval(r.stdout.rsplit("HEAVY", 1)[1].strip())  # noqa: S307 - our own probe's list
+
+
 @pytest.mark.parametrize("command", ["validate", "status", "submit"])
-def test_quick_commands_do_not_load_the_daemon_watchdog_or_the_simulator(tmp_path: Path, command: str) -> None:
+def test_quick_commands_import_only_what_they_need(tmp_path: Path, command: str) -> None:
     (tmp_path / "users.csv").write_text("nope\n")  # rejected by the pre-flight check: no network needed
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[canvas]\nbase_url = "http://127.0.0.1:9"\n[folders]\nroot = "{tmp_path}"\n')
     args = {"validate": ["validate", str(tmp_path / "users.csv")], "status": ["status", "-c", str(cfg)],
             "submit": ["submit", str(tmp_path / "users.csv"), "-c", str(cfg)]}[command]
-    r = subprocess.run(
-        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True, timeout=60,
-        env={"SISDROPD_TOKEN": "probe-token-0000", "PATH": "/usr/bin:/bin"},
-    )
-    assert "HEAVY" in r.stdout, r.stdout + r.stderr
-    assert r.stdout.rsplit("HEAVY", 1)[1].strip() == "[]", r.stdout
+    code, loaded = loaded_by(command, args)
+    assert code == {"validate": 1, "status": 0, "submit": 1}[command]
+    assert loaded == [], f"{command} imported {loaded}"
+
+
+def test_submit_posts_and_follows_without_loguru(tmp_path: Path, sim: FakeCanvas) -> None:
+    (tmp_path / "users.csv").write_text(USERS)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[canvas]\nbase_url = "{sim.url}"\n[folders]\nroot = "{tmp_path}"\n[watch]\npoll_interval = 0.1\n')
+    code, loaded = loaded_by("submit", ["submit", str(tmp_path / "users.csv"), "-c", str(cfg)])
+    assert code == 0 and len(sim.imports()) == 1
+    assert loaded == [], f"submit imported {loaded}"

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sisdropd.preflight import CsvCheck, Limits, Report, check_fd, check_path, csvrows
+from sisdropd.preflight import CsvCheck, Limits, Report, check_fd, check_kind, check_path, csvrows
 from tests.unit.preflight_helpers import USERS, messages, only, write
 
 ROW = "{i},user{i},active"
@@ -114,6 +114,9 @@ def test_one_byte_blocks_and_the_background_hash_give_the_same_report(tmp_path, 
     expected = check_path(write(tmp_path, "users.csv", data))
     assert push(data, list(range(len(data)))) == expected
     assert push(data, [7, 100], background=True) == expected
+    # Without the hash (an uploader that keeps no record): the same verdict, no sha256.
+    unhashed = push(data, [7, 100], background=True, sha256=False)
+    assert unhashed.sha256 is None and unhashed == Report(**{**vars(expected), "sha256": None})
 
 
 @FUZZ
@@ -232,6 +235,35 @@ def test_push_holds_a_bounded_amount_whatever_the_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- check_fd
+
+
+def test_check_kind_reads_no_content(tmp_path):
+    """What check_fd refuses before reading a byte, and nothing more: the streamed
+    check (posting) needs this verdict before the first block is sent."""
+    fifo = tmp_path / "users.csv"
+    os.mkfifo(fifo)
+    cases = {
+        "fifo": (os.open(fifo, os.O_RDONLY | os.O_NONBLOCK), "users.csv", "not a regular file"),
+        "extension": (os.open(write(tmp_path, "users.txt", USERS), os.O_RDONLY), "users.txt", "only files named"),
+        "empty": (os.open(write(tmp_path, "empty.csv", b""), os.O_RDONLY), "empty.csv", "is empty"),
+        "bad content": (os.open(write(tmp_path, "bad.csv", b"\xff\xfe"), os.O_RDONLY), "bad.csv", None),
+    }
+    try:
+        for case, (fd, name, problem) in cases.items():
+            report = check_kind(fd, name=name, limits=Limits(max_bytes=10))
+            if problem is None:  # the content is never looked at
+                assert report.ok and report.size == 2 and report.kind == "csv", case
+            else:
+                assert not report.ok and problem in report.problems[0].message, case
+            if case != "fifo":  # a FIFO has no offset
+                assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+        big = os.open(write(tmp_path, "big.csv", USERS), os.O_RDONLY)
+        cases["big"] = (big, "", "")
+        assert "too big to post" in check_kind(big, name="big.csv", limits=Limits(max_bytes=10)).problems[0].message
+    finally:
+        for fd, _, _ in cases.values():
+            os.close(fd)
+
 
 
 def test_check_fd_reads_with_pread_and_leaves_the_offset_alone(tmp_path):

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import time
 import zipfile
 
 import pytest
 
-from sisdropd import operator
+from sisdropd import importer, operator
+from sisdropd.lifecycle import State
 from tests.support import USERS, Rig
 
 TAKEN = (None, "queued", "taken")
@@ -94,17 +96,23 @@ def test_lost_answer_found_in_canvas_list_is_followed_not_posted_again(rig: Rig)
 
 def test_lost_answer_absent_is_posted_again_only_after_the_grace_period(make_rig) -> None:
     rig = make_rig(canvas={"timeout": 1})  # the grace period is twice the request timeout: 2 s
-    rig.sim.inject("drop", method="POST", path="sis_imports")  # lost before Canvas saw it: nothing created
     fid = rig.drop("users.csv", USERS)
+    # As a daemon killed once its post was journaled leaves it: POSTING, and whether Canvas
+    # got the whole body is unknown. (A request that fails before its body is complete is
+    # posted again at once: test_posting.py.)
+    rig.journal.transition(
+        fid, State.POSTING, "posting", expect=State.QUEUED, upload_name=importer.upload_name("users.csv"),
+        post_started=time.time(), attempts=1, post_user_id=rig.sim.user_id,
+    )
     # Within the grace period Canvas's list shows nothing, and the file is not posted again.
     assert not rig.worker.drain(rig.worker.post_grace * 0.8)
-    assert rig.record(fid).state == "posting" and posts(rig) == 1 and rig.sim.imports() == []
+    assert rig.record(fid).state == "posting" and posts(rig) == 0 and rig.sim.imports() == []
     rig.drain()
     assert rig.events(fid) == [
         TAKEN, POSTING, ("posting", "queued", "not in Canvas: post again"),
         POSTING, POSTED, decided("imported"), DONE,
     ]
-    assert posts(rig) == 2 and len(rig.sim.imports()) == 1
+    assert posts(rig) == 1 and len(rig.sim.imports()) == 1
 
 
 def test_timeout_fails_the_file_with_the_import_it_waited_for(make_rig) -> None:
