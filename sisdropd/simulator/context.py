@@ -21,7 +21,10 @@ from typing import Any
 from sisdropd.simulator.model import Timing
 from sisdropd.simulator.store import Store
 
-FAULTS = ("500", "502", "503", "429", "403_rate_limit", "401", "drop", "drop_after", "delay")
+# "drop": hang up after the request's headers; "drop_read": read the whole request, then hang
+# up without acting on it (a proxy died: the client cannot tell it from a lost answer);
+# "drop_after": act on the request, then hang up before the answer.
+FAULTS = ("500", "502", "503", "429", "403_rate_limit", "401", "drop", "drop_read", "drop_after", "delay")
 
 
 @dataclass

@@ -137,10 +137,19 @@ class Api:
         method = h.command.upper()
         split = urllib.parse.urlsplit(h.path)
         path = split.path
-        status = 0
+        logged = False
+
+        def log(status: int) -> None:
+            # Before the answer or the hang-up: a client that saw either finds its request logged.
+            nonlocal logged
+            if not logged:
+                logged = True
+                self.ctx.log.record(method, path, status)
+
         try:
             fault = None if path.startswith("/_sim/") else self.ctx.faults.take(method, path)
             if fault is not None and fault.name == "drop":
+                log(0)
                 self._drop(h)
                 return
             if fault is not None and fault.name == "delay":
@@ -152,6 +161,11 @@ class Api:
             elif fault is not None and fault.name in _STATUS_FAULTS:
                 body.drain()
                 resp = self._fault_response(fault)
+            elif fault is not None and fault.name == "drop_read":
+                body.drain()
+                log(0)
+                self._drop(h)
+                return
             else:
                 host = h.headers.get("Host")
                 req = Request(
@@ -176,14 +190,15 @@ class Api:
                     resp = json_reply(500, self.sis.internal_error())
                     h.close_connection = True
             if fault is not None and fault.name == "drop_after":
+                log(0)
                 self._drop(h)
                 return
+            log(resp.status)
             self._send(h, resp, t0)
-            status = resp.status
         except (ClientGone, OSError):
             h.close_connection = True
         finally:
-            self.ctx.log.record(method, path, status)
+            log(0)
 
     @staticmethod
     def _body(h: BaseHTTPRequestHandler) -> BodyReader | None:  # rfile is a BinaryIO in practice

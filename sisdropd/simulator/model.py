@@ -174,11 +174,13 @@ def user_json(user_id: int, name: str) -> dict[str, Any]:
 class Timing:
     """How long things take in the simulated Canvas (seconds); read afresh at every step.
 
-    ``import_seconds``: the run of one import (batch mode's clean-up takes half as long again).
+    ``import_seconds``: the run of one import from ``importing`` to its end, unpacking
+    included (batch mode's clean-up takes half as long again).
     ``start_delay``: a created import waits at least this long before it may start.
     ``errors_attachment_delay``: the errors CSV appears this long after a batch ended.
     ``attachments_delay``: a started import stays ``importing`` without ``csv_attachments``
-    (Canvas fetching and unpacking the upload) at least this long (reference §0 fact 7, §9).
+    (Canvas fetching and unpacking the upload) this long, or its whole run time if that is
+    shorter (reference §0 fact 7, §9): for a long window, make the run longer too.
     ``restore_seconds``: how long a restore_states job runs.
     """
 

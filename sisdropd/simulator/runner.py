@@ -6,7 +6,9 @@ along (reference §5, §6): ``created`` batches start one at a time, oldest firs
 and is read (:func:`~.content.analyse`) while Canvas would fetch and unpack it: its
 ``csv_attachments`` (and ``data.supplied_batches``) appear only when that is done and
 ``attachments_delay`` has passed (reference §0 fact 7, §9), or it ends ``failed`` without
-them ("failed_early"). Then its progress rises over its run time, batch mode adds a ``cleanup_batch`` stage (progress from 0 again,
+them ("failed_early"). The unpacking is part of the run: an import whose run time is shorter
+than the delay lists its files when its run ends. Then its progress rises over the rest of
+its run time, batch mode adds a ``cleanup_batch`` stage (progress from 0 again,
 half the run time), and then it ends in the state its content (or an outcome rule) gives.
 An errors attachment appears ``errors_attachment_delay`` seconds after a batch with messages
 ended. Restore jobs (restore_states) run beside the queue. Timings are read from the
@@ -267,6 +269,10 @@ class Runner:
         delay = self.timing.attachments_delay  # read now: a test may shorten it meanwhile
         if rule is not None and rule.attachments_delay is not None:
             delay = rule.attachments_delay
+        if rule is None or rule.state != "failed_early":
+            # The unpacking is part of the import's run (§0 fact 7): an import that runs
+            # shorter than the delay lists its files as it ends, never later.
+            delay = min(delay, self._run_time(b))
         due = now >= b.unpack_from + delay
         if rule is not None and rule.state == "failed_early":
             if due:
@@ -285,7 +291,7 @@ class Runner:
         b.data["running_immediately"] = b.analysis.inline
         b.data["downloadable_attachment_ids"] = [f.id for f in b.csv_attachments]
         b.unpacked = True
-        self._enter_phase(b, now, self._run_time(b))
+        self._enter_phase(b, now, self._run_time(b) - (now - b.unpack_from))
         self._cond.notify_all()
 
     def _final_state(self, b: Batch) -> str:

@@ -449,6 +449,17 @@ def test_drop_gives_connection_error_and_creates_nothing(sim: FakeCanvas, client
     assert ("POST", "/api/v1/accounts/1/sis_imports", 0) in sim.request_log()
 
 
+def test_drop_read_creates_nothing_and_answers_nothing(
+    sim: FakeCanvas, client: Client
+) -> None:
+    body = USERS * 2000  # more than the socket buffers hold
+    sim.inject("drop_read", method="POST", path="sis_imports")
+    with pytest.raises(requests.ConnectionError):
+        client.post_file("a.csv", body)
+    assert sim.imports() == [] and sim.faults_served() == {"drop_read": 1}
+    assert client.post_file("a.csv", USERS).status_code == 200
+
+
 def test_drop_after_creates_the_import_but_loses_the_answer(
     sim: FakeCanvas, client: Client
 ) -> None:

@@ -59,7 +59,7 @@ def _timed_history(client: Client, iid: int, timeout: float = 10) -> list[tuple[
 
 
 def test_csv_attachments_appear_only_a_while_after_importing_begins(tmp_path: Path) -> None:
-    with FakeCanvas(import_seconds=0.2, attachments_delay=1.0, storage_dir=tmp_path / "s") as sim:
+    with FakeCanvas(import_seconds=1.2, attachments_delay=1.0, storage_dir=tmp_path / "s") as sim:
         client = Client(sim)
         iid = client.post_file("sisdrop-1-users.csv", USERS).json()["id"]
         seen = _timed_history(client, iid)
@@ -79,16 +79,35 @@ def test_csv_attachments_appear_only_a_while_after_importing_begins(tmp_path: Pa
         client.close()
 
 
-def test_the_attachment_delay_is_on_by_default(sim: FakeCanvas, client: Client) -> None:
-    iid = client.post_file("u.csv", USERS).json()["id"]
-    seen = _timed_history(client, iid)
+def test_the_attachment_delay_is_on_by_default(tmp_path: Path) -> None:
+    with FakeCanvas(storage_dir=tmp_path / "s") as sim:  # every timing at its default
+        client = Client(sim)
+        iid = client.post_file("u.csv", USERS).json()["id"]
+        seen = _timed_history(client, iid)
+        client.close()
     bare = [t for t, d in seen if d["workflow_state"] == "importing" and "csv_attachments" not in d]
     listed = [t for t, d in seen if "csv_attachments" in d]
     assert bare and listed and listed[0] - bare[0] >= 0.25  # a fraction of a second, not 0
 
 
+def test_an_import_shorter_than_the_delay_lists_its_files_as_it_ends(tmp_path: Path) -> None:
+    """The unpacking is part of the import's run: with no run time at all (the benchmark's
+    Canvas) each import still goes through importing and ends listing its files, without
+    the delay adding up import after import."""
+    with FakeCanvas(import_seconds=0, attachments_delay=5, storage_dir=tmp_path / "s") as sim:
+        client = Client(sim)
+        t0 = time.monotonic()
+        ids = [client.post_file(f"u{n}.csv", USERS).json()["id"] for n in range(5)]
+        finals = [client.final(iid) for iid in ids]
+        took = time.monotonic() - t0
+        client.close()
+    assert [d["workflow_state"] for d in finals] == ["imported"] * 5
+    assert [[a["display_name"] for a in d["csv_attachments"]] for d in finals] == [[f"u{n}.csv"] for n in range(5)]
+    assert took < 5  # one 5 s delay alone would exceed it
+
+
 def test_one_upload_can_unpack_for_a_long_time(sim: FakeCanvas, client: Client) -> None:
-    sim.set_outcome("big", None, attachments_delay=60)
+    sim.set_outcome("big", None, seconds=120, attachments_delay=60)
     big = client.post_file("big.zip", b"PK\x05\x06" + b"\0" * 18).json()["id"]
     small = client.post_file("small.csv", USERS).json()["id"]
     client.until(big, lambda d: d["workflow_state"] == "importing")
@@ -100,12 +119,12 @@ def test_one_upload_can_unpack_for_a_long_time(sim: FakeCanvas, client: Client) 
 
 
 def test_the_attachment_delay_can_change_while_running(sim: FakeCanvas, client: Client) -> None:
-    r = requests.post(f"{sim.url}/_sim/timing", json={"attachments_delay": 60})
+    r = requests.post(f"{sim.url}/_sim/timing", json={"attachments_delay": 60, "import_seconds": 120})
     assert r.status_code == 200
     iid = client.post_file("u.csv", USERS).json()["id"]
     client.until(iid, lambda d: d["workflow_state"] == "importing")
     stays(lambda: "csv_attachments" not in client.show(iid), 0.8, "listed its files early")
-    sim.set_timing(attachments_delay=0)  # the import under way sees the new delay
+    sim.set_timing(attachments_delay=0, import_seconds=0.2)  # the import under way sees the new timings
     assert "csv_attachments" in client.final(iid)
     assert requests.post(f"{sim.url}/_sim/timing", json={"bogus": 1}).status_code == 400
     with pytest.raises(ValueError):

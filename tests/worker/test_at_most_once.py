@@ -143,7 +143,7 @@ def test_waiting_while_one_of_our_imports_is_pending_without_attachments(client:
 def test_waiting_while_our_import_is_importing_but_not_yet_unpacked(client: CanvasClient, sim: FakeCanvas, tmp_path: Path) -> None:
     """Canvas saves `importing` before it has fetched and unpacked the upload (§9): no files
     listed then proves nothing."""
-    sim.set_outcome("users", None, attachments_delay=30)
+    sim.set_outcome("users", None, seconds=60, attachments_delay=30)
     t0 = time.time()
     imp = post(client, tmp_path, "users.csv", USERS.encode(), UPLOAD)
     wait_for(lambda: state_of(client, imp["id"]) == "importing", 10, what="importing")

@@ -37,7 +37,7 @@ def lose_the_answer(rig: Rig, fault: str = "drop_after") -> int:
 
 def test_lost_answer_while_canvas_still_unpacks_is_found_not_posted_again(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(canvas=FAST)
-    rig.sim.set_timing(attachments_delay=4.0)  # importing, no files listed, for twice the grace period
+    rig.sim.set_timing(attachments_delay=4.0, import_seconds=4.5)  # importing, no files listed, for twice the grace period
     fid = lose_the_answer(rig)
     rig.drain(30)
     [imp] = rig.sim.imports()
@@ -54,7 +54,7 @@ def test_a_token_rotated_to_another_canvas_user_still_finds_the_post(make_rig: C
     token_file.write_text(TOKEN)
     os.chmod(token_file, 0o600)
     rig = make_rig(canvas={**FAST, "token_file": str(token_file)})
-    rig.sim.set_timing(attachments_delay=3.0)
+    rig.sim.set_timing(attachments_delay=3.0, import_seconds=3.5)
     fid = lose_the_answer(rig)
     assert rig.record(fid).post_user_id == 17
     rig.sim.set_token("rotated-token-42", user_id=42)  # the old token is refused from now on
@@ -69,7 +69,7 @@ def test_a_token_rotated_to_another_canvas_user_still_finds_the_post(make_rig: C
 
 def test_another_users_pending_imports_do_not_block_a_lost_post(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(canvas=FAST)
-    fid = lose_the_answer(rig, "drop")  # never reached Canvas
+    fid = lose_the_answer(rig, "drop_read")  # sent whole, never reached Canvas
     rig.sim.hold_queue()  # another client's import runs...
     rig.sim.foreign_import()  # ...and another waits `created`, no files listed
     # Posted again once the grace period is over (the answer comes back this time)...
