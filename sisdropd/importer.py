@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # only types here: `status` reads outcomes with these functio
 CLOCK_SKEW = 600.0  # seconds: Canvas's clock may differ from ours by this much
 DEAD_INITIALIZING = 600.0  # an import still initializing after this long (plus STORE_RATE) never runs (§2.4)
 STORE_RATE = 1e6  # bytes a second Canvas is sure to store an upload at while it is `initializing`
-FIRST_CHECK = 0.005  # seconds before the first status check; then x1.5 up to poll_interval
+FIRST_CHECK = 0.002  # seconds before the first status check; then x1.5 up to poll_interval
 ERRORS_FILE_WAIT = 30.0  # Canvas writes the errors file in a separate job after the end
 
 # Canvas workflow_state values (reference section 5).
