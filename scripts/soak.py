@@ -58,6 +58,7 @@ class Figures:
     faults_served: dict[str, int] = field(default_factory=dict)
     foreign: int = 0
     attachments_delay: float = 0.0
+    import_seconds: float = 0.0
     done: int = 0
     failed: int = 0
     lost: list[str] = field(default_factory=list)
@@ -80,7 +81,7 @@ class Figures:
             ("faults served", served),
             ("  by kind", ", ".join(f"{k} {v}" for k, v in sorted(self.faults_served.items()) if v) or "-"),
             ("foreign imports (another user)", self.foreign),
-            ("attachment delay (s)", f"{self.attachments_delay:g}"),
+            ("attachment delay (s)", f"{self.attachments_delay:g} (each import runs {self.import_seconds:g})"),
             ("our imports created in Canvas", self.imports),
             ("files in done/", self.done),
             ("files in failed/", self.failed),
@@ -124,7 +125,10 @@ class Soak:
         self.fig = Figures()
         self.dropped: dict[str, bytes] = {}
         timing = {} if self.opts.attachments_delay is None else {"attachments_delay": self.opts.attachments_delay}
-        self.sim = FakeCanvas(token=TOKEN, import_seconds=0.05, storage_dir=root / "canvas", **timing)
+        self.sim = FakeCanvas(token=TOKEN, storage_dir=root / "canvas", **timing)
+        # Each import runs 50 ms past its unpacking window, so the whole window is seen (an
+        # import shorter than the window would list its files as it ends).
+        self.sim.set_timing(import_seconds=self.sim.timing()["attachments_delay"] + 0.05)
         self.drop = root / "sisdrop"
         self.config = root / "sisdropd.toml"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -252,6 +256,7 @@ level = "INFO"
         self.fig.left_over += len(list((self.drop / "processing").iterdir()))
         self.fig.faults_served = self.sim.faults_served()
         self.fig.attachments_delay = self.sim.timing()["attachments_delay"]
+        self.fig.import_seconds = self.sim.timing()["import_seconds"]
 
     def run(self, duration: float) -> Figures:
         t0 = time.time()

@@ -23,6 +23,7 @@ def test_short_soak_loses_nothing_and_posts_nothing_twice(tmp_path: Path) -> Non
     assert fig.files == 16 and fig.kills + fig.terms == 4
     assert sum(fig.faults_served.values()) > 0
     assert fig.attachments_delay > 0 and fig.foreign > 0  # Canvas as it is: slow, shared
+    assert fig.import_seconds > fig.attachments_delay  # the whole unpacking window is seen
     assert fig.lost == [], (tmp_path / "daemon.log").read_text()[-3000:]
     assert fig.duplicates == 0 and fig.left_over == 0
     assert fig.done == 16
