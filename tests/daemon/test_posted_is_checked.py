@@ -43,7 +43,9 @@ def test_rewritten_through_an_open_handle_while_posted_it_is_checked_again_and_h
     d = daemon()
     (drop.inbox / "users.csv").write_bytes(users(100))
     wait_for(lambda: drop.outcomes("done"), 30, what="the first import")
-    drop.sim.inject("delay", method="POST", path="sis_imports", delay=2.0)
+    # Canvas reads nothing of the body for 5 s: the rewrite below must land while the upload
+    # is held up (2 s was not always enough for this test's process on a loaded machine).
+    drop.sim.inject("delay", method="POST", path="sis_imports", delay=5.0)
     big = users(BIG // 24)
     with open(drop.inbox / "users.csv", "wb") as f:  # the uploader's handle stays open
         f.write(big)
