@@ -28,7 +28,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -530,7 +529,7 @@ class CanvasClient:
             resp.close()
             raise too_large
         # A hidden temporary name: whoever watches done/ sees the errors file whole or not at all.
-        tmp = dest.with_name(f".sisdropd-{uuid.uuid4().hex[:16]}.tmp")
+        tmp = dest.with_name(f".sisdropd-{os.urandom(8).hex()}.tmp")  # random, as uuid4 is, without its imports
         n = 0
         try:
             with resp, open(tmp, "wb") as out:

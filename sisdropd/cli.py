@@ -13,7 +13,7 @@ import atexit
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sisdropd import __version__
 from sisdropd.commands import EXIT_OK, EXIT_USAGE, err
@@ -40,7 +40,105 @@ environment:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+CONFIG_HELP = "config file (default: $SISDROPD_CONFIG, else /etc/sisdropd/sisdropd.toml)"
+Arguments = Callable[[argparse.ArgumentParser], object]  # adds a command's own arguments
+
+
+def _none(sp: argparse.ArgumentParser) -> None:
+    """A command without arguments of its own."""
+
+
+def _run(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--detach", action="store_true", help="daemonize (hosts without systemd)")
+    sp.add_argument("--pidfile", metavar="PATH", help="with --detach: the pid file to lock")
+
+
+def _submit(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--no-wait", action="store_true", help="post and print the import id, do not follow it")
+    sp.add_argument("--json", action="store_true", help="print Canvas's final SIS import object as JSON")
+
+
+def _status(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("id", nargs="?", type=int, metavar="ID", help="a Canvas SIS import id")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--last", type=int, default=10, metavar="N", help="how many recent outcomes (default 10)")
+
+
+def _validate(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("files", nargs="+", metavar="FILE")
+    sp.add_argument("--import-type", metavar="TYPE", help="judge as this import type (default: the config's, else instructure_csv)")
+
+
+def _held_or_failed(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("name", metavar="NAME", help="the original file name, or its name in held/ or failed/")
+
+
+def _abort(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("name", metavar="NAME", nargs="?", help="a file in flight, or in failed/ after a timeout (default: the import in flight)")
+    sp.add_argument(
+        "--all-pending", action="store_true",
+        help="pause the daemon, list the account's pending imports (other integrations' too) and abort them all",
+    )
+    sp.add_argument("--yes", action="store_true", help="with --all-pending: do not ask (needed without a terminal)")
+
+
+def _restore(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("id", type=int, metavar="ID", help="the Canvas SIS import id")
+    only = sp.add_mutually_exclusive_group()
+    only.add_argument("--undelete-only", action="store_true", help="only restore what the import deleted")
+    only.add_argument("--unconclude-only", action="store_true", help="only restore what the import concluded")
+    sp.add_argument("--batch-mode", action="store_true", help="only undo the batch-mode deletions")
+
+
+def _fake_canvas(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8900, help="port (default 8900; 0 picks a free one)")
+    sp.add_argument("--token", default=None, help="the token it accepts (default: printed at start)")
+    sp.add_argument("--import-seconds", type=float, default=None, help="how long each import runs")
+    sp.add_argument(
+        "--allow-remote", action="store_true",
+        help="listen on a non-loopback --host (then the control endpoints need a random token it prints)",
+    )
+
+
+def _demo(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
+
+
+# Each command: name, target ("module" for its main, or "module:function", under
+# sisdropd.commands), help, whether it takes -c, and its own arguments; in --help's order.
+COMMANDS: tuple[tuple[str, str, str, bool, Arguments], ...] = (
+    ("run", "run", "run the daemon in the foreground (or --detach)", True, _run),
+    ("submit", "submit", "validate, post and follow one file; the file stays where it is", True, _submit),
+    ("status", "status", "queue, import in flight and last outcomes; or one import as Canvas reports it", True, _status),
+    ("validate", "validate", "the local pre-flight check alone, no network", True, _validate),
+    ("check", "check", "check the config, folders, permissions and the token against Canvas", True, _none),
+    ("release", "control", "a held file goes back to the queue, its counts accepted", True, _held_or_failed),
+    ("discard", "control", 'a held file goes to failed/ ("discarded by operator")', True, _held_or_failed),
+    ("retry", "control", "a file in failed/ goes back to the queue; its old sidecar is kept", True, _held_or_failed),
+    ("pause", "control", "stop taking new files (an import in flight finishes)", True, _none),
+    ("resume", "control", "take new files again", True, _none),
+    (
+        "abort", "undo:abort",
+        "abort the import in flight in Canvas, or the one a file's timeout left running; or every pending import (--all-pending)",
+        True, _abort,
+    ),
+    ("restore", "undo:restore", "undo an import in Canvas (restore_states) and follow it to the end", True, _restore),
+    ("fake-canvas", "demo:fake_canvas", "the bundled Canvas SIS-import simulator", False, _fake_canvas),
+    ("demo", "demo", "simulator + daemon on a temporary folder: watch files flow", False, _demo),
+)
+NAMES = frozenset(c[0] for c in COMMANDS)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only``, one that knows that command alone.
+
+    ``main`` passes ``only`` when the command line starts with the command: everything
+    after it is that command's, so its parser alone parses it exactly as the whole one
+    would (its ``--help`` included). Building every command's parser costs about 2 ms of
+    a quick command's start-up (argparse looks up a translation of each help text).
+    """
     p = argparse.ArgumentParser(
         prog="sisdropd",
         description="Watch a drop folder and import each SIS file into Canvas, once.",
@@ -52,74 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     # would otherwise overwrite a value given here.
     p.add_argument("-c", "--config", dest="global_config", metavar="FILE", help="config file, for every command (default: $SISDROPD_CONFIG, else /etc/sisdropd/sisdropd.toml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, target: str, help: str, config: bool = True) -> argparse.ArgumentParser:
-        """``target`` is "module" (its ``main``) or "module:function" under sisdropd.commands."""
-        sp = sub.add_parser(name, help=help, description=help)
+    for name, target, help_, config, arguments in COMMANDS:
+        if only is not None and name != only:
+            continue
+        sp = sub.add_parser(name, help=help_, description=help_)
         if config:
-            sp.add_argument("-c", "--config", metavar="FILE", help="config file (default: $SISDROPD_CONFIG, else /etc/sisdropd/sisdropd.toml)")
+            sp.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
         sp.set_defaults(target=target)
-        return sp
-
-    sp = add("run", "run", "run the daemon in the foreground (or --detach)")
-    sp.add_argument("--detach", action="store_true", help="daemonize (hosts without systemd)")
-    sp.add_argument("--pidfile", metavar="PATH", help="with --detach: the pid file to lock")
-
-    sp = add("submit", "submit", "validate, post and follow one file; the file stays where it is")
-    sp.add_argument("file", metavar="FILE")
-    sp.add_argument("--no-wait", action="store_true", help="post and print the import id, do not follow it")
-    sp.add_argument("--json", action="store_true", help="print Canvas's final SIS import object as JSON")
-
-    sp = add("status", "status", "queue, import in flight and last outcomes; or one import as Canvas reports it")
-    sp.add_argument("id", nargs="?", type=int, metavar="ID", help="a Canvas SIS import id")
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.add_argument("--last", type=int, default=10, metavar="N", help="how many recent outcomes (default 10)")
-
-    sp = add("validate", "validate", "the local pre-flight check alone, no network")
-    sp.add_argument("files", nargs="+", metavar="FILE")
-    sp.add_argument("--import-type", metavar="TYPE", help="judge as this import type (default: the config's, else instructure_csv)")
-
-    add("check", "check", "check the config, folders, permissions and the token against Canvas")
-
-    for name, help_ in (
-        ("release", "a held file goes back to the queue, its counts accepted"),
-        ("discard", "a held file goes to failed/ (\"discarded by operator\")"),
-        ("retry", "a file in failed/ goes back to the queue; its old sidecar is kept"),
-    ):
-        sp = add(name, "control", help_)
-        sp.add_argument("name", metavar="NAME", help="the original file name, or its name in held/ or failed/")
-    add("pause", "control", "stop taking new files (an import in flight finishes)")
-    add("resume", "control", "take new files again")
-    sp = add(
-        "abort", "undo:abort",
-        "abort the import in flight in Canvas, or the one a file's timeout left running; or every pending import (--all-pending)",
-    )
-    sp.add_argument("name", metavar="NAME", nargs="?", help="a file in flight, or in failed/ after a timeout (default: the import in flight)")
-    sp.add_argument(
-        "--all-pending", action="store_true",
-        help="pause the daemon, list the account's pending imports (other integrations' too) and abort them all",
-    )
-    sp.add_argument("--yes", action="store_true", help="with --all-pending: do not ask (needed without a terminal)")
-
-    sp = add("restore", "undo:restore", "undo an import in Canvas (restore_states) and follow it to the end")
-    sp.add_argument("id", type=int, metavar="ID", help="the Canvas SIS import id")
-    only = sp.add_mutually_exclusive_group()
-    only.add_argument("--undelete-only", action="store_true", help="only restore what the import deleted")
-    only.add_argument("--unconclude-only", action="store_true", help="only restore what the import concluded")
-    sp.add_argument("--batch-mode", action="store_true", help="only undo the batch-mode deletions")
-
-    sp = add("fake-canvas", "demo:fake_canvas", "the bundled Canvas SIS-import simulator", config=False)
-    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    sp.add_argument("--port", type=int, default=8900, help="port (default 8900; 0 picks a free one)")
-    sp.add_argument("--token", default=None, help="the token it accepts (default: printed at start)")
-    sp.add_argument("--import-seconds", type=float, default=None, help="how long each import runs")
-    sp.add_argument(
-        "--allow-remote", action="store_true",
-        help="listen on a non-loopback --host (then the control endpoints need a random token it prints)",
-    )
-
-    sp = add("demo", "demo", "simulator + daemon on a temporary folder: watch files flow", config=False)
-    sp.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
+        arguments(sp)
     return p
 
 
@@ -157,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # journal and its -wal/-shm, the log, the lock, the pause flag) is 0640 at most and
     # every folder 0750, whatever umask the shell or cron had (issue 12, point 6).
     os.umask(0o027)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv and argv[0] in NAMES else None).parse_args(argv)
     if hasattr(args, "config"):
         args.config = args.config or args.global_config
     module, _, function = args.target.partition(":")

@@ -31,8 +31,14 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+# Every dataclass here has a docstring: one without gets a generated one from
+# inspect.signature, which costs every command's start-up about 0.15 ms a class.
+
+
 @dataclass(frozen=True)
 class CanvasConfig:
+    """``[canvas]``: the Canvas site, the account, and how requests to it are made."""
+
     base_url: str = ""
     account_id: str = "self"
     token_file: str | None = None
@@ -48,6 +54,8 @@ class CanvasConfig:
 
 @dataclass(frozen=True)
 class FoldersConfig:
+    """``[folders]``: the root, and any folder placed elsewhere (see ``path``)."""
+
     root: str = ""
     inbox: str | None = None
     processing: str | None = None
@@ -70,6 +78,8 @@ FOLDER_NAMES = tuple(f.name for f in fields(FoldersConfig) if f.name != "root")
 
 @dataclass(frozen=True)
 class WatchConfig:
+    """``[watch]``: when a dropped file is taken, how it is checked and followed."""
+
     settle_seconds: float = 10.0
     poll_interval: float = 10.0
     max_wait: float = 21600.0
@@ -85,6 +95,8 @@ class WatchConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
+    """``[log]``: level, format, and the log file with its rotation."""
+
     level: str = "INFO"
     format: str = "text"
     file: str | None = None
@@ -97,6 +109,8 @@ NOTIFY_EVENTS = ("failed", "held", "stale", "blocked", "warnings", "done", "stuc
 
 @dataclass(frozen=True)
 class NotifyConfig:
+    """``[notify]``: who is told of which events, and how."""
+
     command: tuple[str, ...] = ()  # argv, no shell; the event as JSON on stdin
     webhook: str | None = None  # the same JSON, POSTed
     events: tuple[str, ...] = ("failed", "held", "stale", "blocked")
@@ -107,11 +121,15 @@ class NotifyConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    """``[metrics]``: the Prometheus textfile, if any."""
+
     textfile: str | None = None  # Prometheus textfile collector path, rewritten atomically
 
 
 @dataclass(frozen=True)
 class GuardConfig:
+    """``[guard]``: the change guard's limits and the stale-feed alert."""
+
     max_drop_percent: float | Mapping[str, float] = 10.0  # or per CSV type: {users = 5, default = 10}
     all_imports: bool = False  # true: guard every import, not only batch_mode and diffing ones
     max_silence: float = 0.0  # seconds without a new file before a stale-feed alert; 0 = off
@@ -137,6 +155,9 @@ class Rule:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration: a section each, ``[import]`` as ``import_params``, the
+    ``[[rules]]`` in order, and the file it came from (``source``)."""
+
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
     folders: FoldersConfig = field(default_factory=FoldersConfig)
     import_params: Mapping[str, Any] = field(

@@ -11,7 +11,6 @@ by luck. In production the variable is unset and each call is one dict lookup.
 from __future__ import annotations
 
 import os
-import signal
 from collections import Counter
 
 _passes: Counter[str] = Counter()
@@ -40,6 +39,8 @@ def crashpoint(name: str) -> None:
     """SIGKILL this process if ``$SISDROPD_CRASH_AT`` is ``name`` (or ``name:N`` on pass N);
     SIGSTOP it if ``$SISDROPD_PAUSE_AT`` is ``name`` (a test then runs a rival, and SIGCONTs it)."""
     if os.environ.get("SISDROPD_PAUSE_AT") == name:
+        import signal  # here: a test's hook; signal's enums cost every command's start-up
+
         os.kill(os.getpid(), signal.SIGSTOP)
     want = os.environ.get("SISDROPD_CRASH_AT")
     if not want:
@@ -49,4 +50,6 @@ def crashpoint(name: str) -> None:
         return
     _passes[name] += 1
     if _passes[name] == int(nth or 1):
+        import signal
+
         os.kill(os.getpid(), signal.SIGKILL)

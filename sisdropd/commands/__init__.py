@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
-import shlex
 import sys
 from pathlib import Path
 
@@ -58,6 +56,9 @@ def as_state_owner(cfg: Config) -> None:
     uid = probe.stat().st_uid
     if uid == os.geteuid():
         return
+    import pwd  # here, with shlex: only a refusal needs them
+    import shlex
+
     try:
         owner = pwd.getpwuid(uid).pw_name
     except KeyError:

@@ -92,9 +92,10 @@ def submit(
                 started = time.time()
                 log.info("posting {} bytes as {}", out.size, upload)
                 try:
-                    # No hash of a file checked while sent: submit keeps no record of it.
+                    # Neither hash nor row count of a file checked while sent: submit keeps
+                    # no record of it.
                     imp = client.create_import(
-                        out.source(lambda report: _show_warnings(report, say), sha256=False), upload_name=upload,
+                        out.source(lambda report: _show_warnings(report, say), record=False), upload_name=upload,
                         params=params, on_progress=functools.partial(_upload_shown, progress, out.size),
                     )
                 except posting.Rejected as e:

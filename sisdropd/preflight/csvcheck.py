@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -41,6 +42,10 @@ _AFTER = (
     "Canvas refuses it: a quoted value must end at a comma or the end of its line"
 )
 _OPEN = "Malformed CSV: a quoted value that never ends (in the record that begins on line {line})"
+_MOVED = (
+    "changed while it was read: a fault found in its bytes was not there when they were "
+    "read again to say where it is"
+)
 _UTF8 = (
     "Invalid UTF-8 (byte 0x{byte:02X} at column {column}{also}): Canvas refuses the whole "
     "file; save it as UTF-8 (it may be Latin-1 or Windows-1252)"
@@ -49,10 +54,11 @@ _UTF8 = (
 
 @dataclass
 class CsvResult:
-    """What one CSV stream turned out to be: its type (None if unrecognised) and data rows."""
+    """What one CSV stream turned out to be: its type (None if unrecognised) and data rows
+    (None when the rows past the deep part were not counted)."""
 
     csv_type: CsvType | None = None
-    rows: int = 0
+    rows: int | None = 0
 
     @property
     def type_name(self) -> str | None:
@@ -64,10 +70,12 @@ class CsvScan:
 
     Warnings go to ``build`` as the rows are parsed; problems are held back and added by
     ``finish`` in line order, so that the Report is the same however the bytes were cut.
+    With ``count=False`` the byte-level pass counts nothing (``ByteScan``): the rows past
+    the deep part are not counted, and a fault's place in a problem means nothing.
     """
 
-    def __init__(self, label: str, build: Builder) -> None:
-        self.label, self.build = label, build
+    def __init__(self, label: str, build: Builder, *, count: bool = True) -> None:
+        self.label, self.build, self.count = label, build, count
         self._head = b""  # the first bytes, until it is known whether they hold a BOM
         self._bytes: ByteScan | None = None
         self._rows: RowCheck | None = None
@@ -78,6 +86,13 @@ class CsvScan:
         """True when a problem is already known: the file will be refused."""
         scan = self._bytes
         return bool(self._found) or (scan is not None and (scan.fault is not None or scan.bad is not None))
+
+    @property
+    def placed(self) -> bool:
+        """False when the problems' places are not known: a fault found by a pass that
+        counted no lines (``count=False``)."""
+        scan = self._bytes
+        return self.count or scan is None or (scan.fault is None and scan.bad is None)
 
     def feed(self, block: bytes | bytearray) -> None:
         """Take the next bytes of the stream (not kept after this returns)."""
@@ -100,7 +115,7 @@ class CsvScan:
     def _start(self) -> None:
         head, self._head = self._head, b""
         base = len(_BOM) if head.startswith(_BOM) else 0  # Canvas strips a BOM
-        self._bytes = ByteScan(base)
+        self._bytes = ByteScan(base, count=self.count)
         self._rows = RowCheck(self.label, self.build, self._found, base)
         if len(head) > base:
             self.feed(head[base:])
@@ -129,13 +144,14 @@ class CsvScan:
         found.sort(key=lambda f: (f[0] if f[0] is not None else float("inf"), f[1]))
         for where, _, message in found:
             self.build.problem(where, message, self.label)
-        result = CsvResult(rows.csv_type, rows.rows)
-        if rows.reached_cut:  # the rows after the deep part: record ends the byte pass saw
-            more_rows = scan.records - rows.records
-            if fault is None and not scan.ends_with_line_end:
-                more_rows += 1  # a last row without a line end
-            result.rows += max(0, more_rows)
-        return result
+        if not rows.reached_cut:  # the deep part read every record
+            return CsvResult(rows.csv_type, rows.rows)
+        if not self.count:
+            return CsvResult(rows.csv_type, None)
+        more_rows = scan.records - rows.records  # the record ends the byte pass saw after it
+        if fault is None and not scan.ends_with_line_end:
+            more_rows += 1  # a last row without a line end
+        return CsvResult(rows.csv_type, rows.rows + max(0, more_rows))
 
 
 class CsvCheck:
@@ -164,6 +180,16 @@ class CsvCheck:
     ``sha256=False`` nothing is hashed (``sha256`` None): for a caller that needs no hash,
     such as an uploader that sends the very blocks it feeds and keeps no record of them.
 
+    With ``count_rows=False`` the byte-level pass past the deep part looks only for the
+    fatal faults and counts no lines (``ByteScan(count=False)``: about three times as
+    fast): the member's ``rows`` is None and ``counts`` has no entry for it, unless the
+    deep part read the whole file. The verdict is the same. So are the problems: when the
+    pass finds a fault, ``finish`` checks the file once more, counting, over the bytes
+    that ``reread()`` gives (the file from its first byte again, in blocks), and returns
+    that check's Report (with this one's ``sha256``); if the fault is not there the second
+    time, the file is refused as changed while it was read. For a caller that keeps no
+    record of the file (``sisdropd submit``); ``reread`` is then required.
+
     Memory is bounded whatever the file: a block is not kept once it is checked (with
     ``background``, up to 8 wait to be hashed), the byte-level pass works on 64 KiB pieces
     and the deep part holds at most one record (refused past 4 MiB) and a 64 KiB slice.
@@ -180,8 +206,13 @@ class CsvCheck:
         validate_content: bool = True,
         background: bool = False,
         sha256: bool = True,
+        count_rows: bool = True,
+        reread: Callable[[], Iterable[bytes]] | None = None,
     ) -> None:
+        if not count_rows and reread is None:
+            raise ValueError("count_rows=False needs reread: the places of a fault are found by reading again")
         self._build = Builder(name, "csv", size, limits)
+        self._reread = None if count_rows else reread
         self._digest = hashlib.sha256() if sha256 else None
         self._size = size
         self._fed = 0
@@ -194,7 +225,7 @@ class CsvCheck:
         if refused:
             self._build.problem(None, refused)
         elif validate_content:
-            self._scan = CsvScan(name, self._build)
+            self._scan = CsvScan(name, self._build, count=count_rows)
         if background and self._digest is not None:
             self._queue = queue.Queue(maxsize=_QUEUED)
             self._thread = threading.Thread(target=self._work, name=f"sha256 {name}"[:60], daemon=True)
@@ -239,6 +270,8 @@ class CsvCheck:
         elif scan is not None and self._error is None:
             try:
                 result = scan.finish()
+                if not scan.placed:
+                    return self._recheck()
                 if result.csv_type is not None:
                     name = build.report.name
                     build.add_csv(Member(name, name, self._size, result.type_name, result.rows))
@@ -247,6 +280,26 @@ class CsvCheck:
         if self._error is not None:
             build.problem(None, internal(self._error))
         report = build.done()
+        report.sha256 = self._digest.hexdigest() if self._digest is not None else None
+        return report
+
+    def _recheck(self) -> Report:
+        """The Report of a counted check of the bytes ``reread`` gives (see the class)."""
+        assert self._reread is not None
+        name, limits = self._build.report.name, self._build.limits
+        try:
+            with CsvCheck(name, size=self._size, limits=limits, sha256=False) as again:
+                for block in self._reread():
+                    again.feed(block)
+                report = again.finish()
+        except OSError as e:
+            build = Builder(name, "csv", self._size, limits)
+            build.problem(None, f"could not be read again to say where its problem is ({e})")
+            report = build.done()
+        if report.ok:
+            build = Builder(name, "csv", self._size, limits)
+            build.problem(None, _MOVED)
+            report = build.done()
         report.sha256 = self._digest.hexdigest() if self._digest is not None else None
         return report
 

@@ -8,8 +8,6 @@ misspelt column) so that the person who sent the file can fix it.
 
 from __future__ import annotations
 
-import difflib
-
 from sisdropd.preflight import sisformat
 from sisdropd.preflight.report import SHOWN, printable
 from sisdropd.preflight.sisformat import CsvType
@@ -48,6 +46,8 @@ def _header_hint(row: list[str], first_line: str) -> str:
         for sep, sep_name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
             if sep in row[0]:
                 return f"its columns are separated by {sep_name}; Canvas reads commas only"
+    import difflib  # here: only a header that names no type needs it
+
     header = sisformat.normalise_header(row)
     renames, fixed = [], []
     for cell in header if len(header) <= _MAX_FUZZY_CELLS else ():

@@ -37,14 +37,14 @@ class Member:
     ``name`` is the path inside the zip (for a plain CSV: the file's own name), ``basename``
     its last path component as Canvas lists it, ``size`` its uncompressed bytes,
     ``csv_type`` the sisformat plural type name, ``rows`` its data rows (header and blank
-    lines excluded).
+    lines excluded), or None when they were not counted (``CsvCheck(count_rows=False)``).
     """
 
     name: str
     basename: str
     size: int
     csv_type: str | None
-    rows: int
+    rows: int | None
 
 
 @dataclass
@@ -54,9 +54,10 @@ class Report:
     ``kind`` is ``"csv"``, ``"zip"``, ``"xml"`` or ``"other"`` (from the name's extension).
     ``problems`` are fatal: the file must not be posted. ``warnings`` are row-level things
     Canvas skips with a warning and are informational only. ``counts`` holds data rows per
-    SIS CSV type, summed over members; ``members`` the CSVs Canvas would list (for a zip:
-    recognised, non-empty CSV members). ``sha256`` is set when the check read every byte
-    of the file, so that the daemon need not read it once more to hash it.
+    SIS CSV type, summed over the members whose rows were counted; ``members`` the CSVs
+    Canvas would list (for a zip: recognised, non-empty CSV members). ``sha256`` is set
+    when the check read every byte of the file, so that the daemon need not read it once
+    more to hash it.
     """
 
     name: str
@@ -140,8 +141,9 @@ class Builder:
     def add_csv(self, member: Member) -> None:
         if member.csv_type is None:
             return
-        counts = self.report.counts
-        counts[member.csv_type] = counts.get(member.csv_type, 0) + member.rows
+        if member.rows is not None:
+            counts = self.report.counts
+            counts[member.csv_type] = counts.get(member.csv_type, 0) + member.rows
         self.report.members.append(member)
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sisdropd.preflight import check_path
 from tests.support import Drop, wait_for
 
 BATCH = {"import_type": "instructure_csv", "batch_mode": True, "batch_mode_term_id": "sis_term_id:2026FA"}
@@ -112,5 +113,10 @@ def test_submit_of_a_big_file_that_fails_its_check_creates_nothing(drop: Drop, t
     p = submit(drop, path)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 1, out + err
-    assert "rejected: users.csv:" in out and "Invalid UTF-8" in out
+    # Where `validate` places it (line and column): submit counts no lines while it sends,
+    # and reads the file again once the check has failed, to say where.
+    [problem] = check_path(path).problems
+    line = data.count(b"\n", 0, BIG // 2) + 1
+    assert problem.line == line and "Invalid UTF-8 (byte 0xFF at column" in problem.message
+    assert [x for x in out.splitlines() if x.startswith("rejected")] == [f"rejected: {problem}"]
     assert drop.sim.imports() == []

@@ -162,10 +162,12 @@ HEAVY = ("watchdog", "daemon", "sisdropd.daemon", "sisdropd.watcher", *SIMULATOR
 # What each quick command must start without (issue 15: import only what a command needs).
 # loguru's import costs a third of submit's start-up (submit logs through sisdropd.linelog);
 # requests (and urllib3) cost more than everything else, and the journal's view needs no HTTP.
+# uuid (with platform), shlex and signal: 2 ms of submit's start-up, for what only a
+# download, a refusal or a test's crash point needs.
 NOT_LOADED = {
     "validate": (*HEAVY, "loguru", "requests", "urllib3", "sisdropd.canvas"),
     "status": (*HEAVY, "loguru", "requests", "urllib3", "sisdropd.canvas"),
-    "submit": (*HEAVY, "loguru"),
+    "submit": (*HEAVY, "loguru", "uuid", "platform", "shlex", "signal"),
 }
 PROBE = """
 import sys

@@ -15,6 +15,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sisdropd.preflight import csvbytes
 from sisdropd.preflight.csvbytes import ByteScan, line_ends
 
 LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -76,8 +77,8 @@ def reference_utf8(data: bytes) -> tuple[tuple[int, int, int] | None, int]:
     return first, bad_lines
 
 
-def scanned(data: bytes, cuts: list[int]) -> ByteScan:
-    scan = ByteScan()
+def scanned(data: bytes, cuts: list[int], *, count: bool = True) -> ByteScan:
+    scan = ByteScan(count=count)
     start = 0
     for cut in sorted({c % (len(data) + 1) for c in cuts}) + [len(data)]:
         scan.scan(data[start:cut])
@@ -124,6 +125,44 @@ def test_one_byte_blocks_give_the_same_verdict(data, cuts):
     single = scanned(data, list(range(len(data))))
     assert verdict(single) == verdict(whole) == verdict(scanned(data, cuts))
     assert (single.bad, single.bad_lines) == (whole.bad, whole.bad_lines)
+
+
+def faulty(scan: ByteScan) -> bool:
+    return scan.fault is not None or scan.bad is not None
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=CSV_BYTES, cuts=CUTS, piece=st.sampled_from([64 * 1024, 5, 1]))
+def test_the_uncounted_pass_finds_a_fault_exactly_when_the_counted_one_does(data, cuts, piece):
+    """``count=False`` (a quote-free block in one go, the others in pieces, no line counted)
+    against the references, cut anywhere, with pieces of every size."""
+    expected = reference_quotes(data)["fault"] is not None or reference_utf8(data)[0] is not None
+    saved = csvbytes._PIECE
+    csvbytes._PIECE = piece
+    try:
+        for blocks in (cuts, [], list(range(len(data)))):
+            assert faulty(scanned(data, blocks, count=False)) == expected
+    finally:
+        csvbytes._PIECE = saved
+
+
+def test_the_uncounted_pass_ends_a_character_cut_by_a_block_where_the_next_block_begins():
+    # \xc3 then "b": not UTF-8, even though a \xa9 (which would complete it) comes later.
+    for count in (True, False):
+        scan = ByteScan(count=count)
+        for block in (b"a,\xc3", b"b,c\n", b"\xa9\n"):
+            scan.scan(block)
+        scan.finish()
+        assert scan.bad is not None
+
+
+def test_the_uncounted_pass_stops_at_the_first_fault():
+    scan = ByteScan(count=False)
+    scan.scan(b'a,b"c\n')  # a stray quote
+    assert scan.fault is not None and scan.offset == 6
+    scan.scan(b"\xff\n")
+    scan.finish()
+    assert scan.bad is None and scan.offset == 6  # not looked at: the verdict was known
 
 
 def test_well_quoted_values_pass_in_every_form():

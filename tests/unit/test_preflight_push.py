@@ -17,6 +17,7 @@ import threading
 import tracemalloc
 import zipfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,102 @@ def test_rows_past_the_deep_part_are_counted_exactly_when_none_is_blank(rows, en
         report = push(text.encode(), [deep, deep + 3])
     assert report.ok, messages(report.problems)
     assert report.counts == {"users": len(rows)}
+
+
+def uncounted(data: bytes, cuts: list[int] | None = None, *, reread: bytes | None = None, step: int = 7) -> Report:
+    """``push`` without counting rows: what ``sisdropd submit`` runs while it sends a CSV.
+    ``reread`` (default ``data``) is what a second read of the file finds, in ``step``-byte
+    blocks."""
+    again = data if reread is None else reread
+    return push(
+        data, cuts, sha256=False, count_rows=False, background=True,
+        reread=lambda: (again[i : i + step] for i in range(0, len(again), step)),
+    )
+
+
+@FUZZ
+@given(data=csv_files(), cuts=st.lists(st.integers(0, 2000), max_size=10), deep=st.sampled_from([1 << 20, 90, 40, 1]))
+def test_an_uncounted_check_says_what_the_counted_one_says_and_no_wrong_count(tmp_path, data, cuts, deep):
+    """The same problems (at the same places), warnings and members; a member's rows are
+    the counted ones, or None (not counted) where the deep part did not read them all."""
+    with deep_part(deep):
+        expected = check_path(write(tmp_path, "users.csv", data))
+        got = uncounted(data, cuts)
+    assert got.sha256 is None
+    if not expected.ok or deep == 1 << 20:  # a refused file is checked again, counting
+        assert got == Report(**{**vars(expected), "sha256": None})
+        return
+    assert (got.problems, got.warnings) == (expected.problems, expected.warnings)
+    assert [replace(m, rows=None) for m in got.members] == [replace(m, rows=None) for m in expected.members]
+    assert all(m.rows in (e.rows, None) for m, e in zip(got.members, expected.members, strict=True))
+    assert got.counts == {m.csv_type: m.rows for m in got.members if m.rows is not None}
+
+
+def big_csv(rows: int, end: bytes, fault: bytes) -> tuple[bytes, int, int]:
+    """A users CSV of ``rows`` rows with ``end`` line ends, non-ASCII names and a quoted
+    value over two lines every 50th row, and ``fault`` put in as the third value of the
+    row three quarters of the way down; its bytes, the line that row begins on and the
+    column (in characters) its third value begins at."""
+    out, line, fault_line = [b"user_id,login_id,status,note" + end], 1, 0
+    at = rows * 3 // 4
+    for i in range(rows):
+        note = b'"two' + end + b'lines, ""quoted"""' if i % 50 == 0 else "Zoë".encode()
+        status = fault if i == at else b"active"
+        line += 1
+        if status == fault:
+            fault_line = line
+        out.append(b"u%d,login%d,%s,%s%s" % (i, i, status, note, end))
+        line += i % 50 == 0  # the quoted value's line end
+    data = b"".join(out)
+    assert len(data) > 4 * csvrows.DEEP_BYTES
+    return data, fault_line, len(b"u%d,login%d," % (at, at)) + 1
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+@pytest.mark.parametrize(
+    "fault, at, says",
+    [
+        (b'act"ive', 3, "Malformed CSV: a quote inside an unquoted value (column {})"),
+        (b'"active"x', 8, "Malformed CSV: text after the closing quote of a quoted value (column {})"),
+        (b"activ\xe9", 5, "Invalid UTF-8 (byte 0xE9 at column {})"),
+    ],
+    ids=["stray quote", "text after a quote", "Latin-1"],
+)
+def test_an_uncounted_check_places_a_fault_deep_in_a_big_file_exactly(tmp_path, end, fault, at, says):
+    data, line, column = big_csv(60_000, end, fault)  # about 2 MiB, the fault some 46,000 lines down
+    expected = check_path(write(tmp_path, "users.csv", data))
+    problem = only(expected.problems)
+    assert problem.line == line and problem.message.startswith(says.format(column + at))
+    for cuts in (None, list(range(1000, len(data), 65_537))):
+        assert uncounted(data, cuts, step=65_543) == Report(**{**vars(expected), "sha256": None})
+
+
+def test_an_uncounted_check_that_finds_no_fault_the_second_time_refuses_the_file_as_changed():
+    data, _, _ = big_csv(60_000, b"\n", b'act"ive')
+    clean = data.replace(b'act"ive', b"active!")
+    report = uncounted(data, reread=clean, step=65_543)
+    assert only(report.problems).message.startswith("changed while it was read: a fault found in its bytes")
+    assert only(report.problems).line is None
+    shorter = uncounted(data, reread=clean[:-10], step=65_543)  # and one that shrank: the counted check says so
+    assert "changed while it was read: " + str(len(data) - 10) in messages(shorter.problems)
+
+
+def test_an_uncounted_check_that_cannot_read_the_file_again_says_so():
+    data, _, _ = big_csv(60_000, b"\n", b'act"ive')
+
+    def gone():
+        yield data[:100]
+        raise OSError(5, "Input/output error")
+
+    report = push(data, sha256=False, count_rows=False, reread=gone)
+    assert only(report.problems).message == (
+        "could not be read again to say where its problem is ([Errno 5] Input/output error)"
+    )
+
+
+def test_an_uncounted_check_needs_a_way_to_read_the_file_again():
+    with pytest.raises(ValueError, match="count_rows=False needs reread"):
+        CsvCheck("users.csv", size=10, count_rows=False)
 
 
 # ------------------------------------------------------------------------ tricky cases

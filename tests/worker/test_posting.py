@@ -254,6 +254,48 @@ def test_a_big_file_is_cut_as_soon_as_the_check_fails(rig: Rig, client: CanvasCl
     assert rig.sim.imports() == [] and creates(rig, 1) == [0]
 
 
+def test_a_big_file_posted_without_a_record_is_checked_but_neither_hashed_nor_counted(rig: Rig, client: CanvasClient, tmp_path: Path) -> None:
+    """``source(record=False)``, submit's way: the same bytes reach Canvas, and the Report
+    has no hash and no row count past the check's deep part (None, not a wrong number)."""
+    path = tmp_path / "users.csv"
+    data = big_users()
+    path.write_bytes(data)
+    with posting.Outgoing.open(path, name="users.csv", rules=posting.Rules.of(rig.cfg)) as out:
+        assert out.report is None  # checked while sent
+        client.create_import(out.source(record=False), upload_name="sisdrop-0-users.csv", params={"import_type": "instructure_csv"})
+        report = out.finish_check()
+    assert report is not None and report.ok and report.sha256 is None and report.counts == {}
+    assert [(m.csv_type, m.size, m.rows) for m in report.members] == [("users", len(data), None)]
+    [imp] = rig.sim.imports()
+    assert imp["sha256"] == sha(data)
+
+
+def test_a_big_file_posted_without_a_record_that_fails_is_cut_and_its_problem_placed(rig: Rig, client: CanvasClient, tmp_path: Path) -> None:
+    """A stray quote far past the deep part, among CRLF line ends and quoted values over two
+    lines: the uncounted check cuts the request, then reads the file again to say where."""
+    rows = [b"user_id,login_id,status,note"]
+    for i in range(300_000):  # about 9 MiB
+        rows.append(b'u%d,login%d,active,"two\r\nlines"' % (i, i) if i % 50 == 0 else b"u%d,login%d,active,x" % (i, i))
+    rows[250_001] = b'u250000,login250000,act"ive,x'
+    data = b"\r\n".join(rows) + b"\r\n"
+    fault = data.index(b'act"ive') + 3  # the quote
+    line = data.count(b"\r\n", 0, fault) + 1  # counted here the plain way
+    column = fault - data.rfind(b"\n", 0, fault)
+    path = tmp_path / "users.csv"
+    path.write_bytes(data)
+    sent: list[int] = []
+    with posting.Outgoing.open(path, name="users.csv", rules=posting.Rules.of(rig.cfg)) as out:
+        assert out.report is None
+        with pytest.raises(posting.Rejected):
+            client.create_import(out.source(record=False), upload_name="sisdrop-0-users.csv", params={}, on_progress=sent.append)
+        report = out.finish_check()
+    assert report is not None and report.problems == check_path(path, name="users.csv").problems
+    [problem] = report.problems
+    assert problem.line == line > 250_000 and f"a quote inside an unquoted value (column {column})" in problem.message
+    assert max(sent, default=0) < fault  # cut before the end
+    assert rig.sim.imports() == [] and creates(rig, 1) == [0]
+
+
 def test_the_change_guard_holds_a_big_file_before_its_last_bytes(make_rig) -> None:
     rig = make_rig(**{"import": BATCH})
     baseline(rig, "users.csv", 10_000_000)
