@@ -204,16 +204,26 @@ class Outgoing:
             def checked() -> None:
                 report = self.finish_check()
                 assert report is not None
+                if (changed := self.written_to()) is not None:
+                    raise changed  # before the verdict: it may be about bytes that changed
                 if not report.ok:
                     raise Rejected(report)
-                before, fd = self._before, self.fd
-                if before is not None and fd is not None and preflight.stat_identity(before) != preflight.stat_identity(os.fstat(fd)):
-                    raise Changed(_CHANGED_WHILE)
                 if judge is not None:
                     judge(report)
 
             self._pass = _Pass(self.fd, self.size, check.feed, checked, check, _CHANGED_WHILE)
         return self._pass
+
+    def written_to(self) -> Changed | None:
+        """A file checked while sent: ``Changed`` if it was written to since it was opened,
+        else None. Whatever the check then found (a fault, or bytes missing because it
+        shrank) is about bytes that are gone: the file must be checked again, never
+        rejected on that verdict. Always None for a file checked up front (its hash
+        decides, see ``source``)."""
+        before, fd = self._before, self.fd
+        if before is not None and fd is not None and preflight.stat_identity(before) != preflight.stat_identity(os.fstat(fd)):
+            return Changed(_CHANGED_WHILE)
+        return None
 
     def finish_check(self) -> Report | None:
         """The Report of a check run while sending, completed by reading locally whatever

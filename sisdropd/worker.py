@@ -236,6 +236,16 @@ class Worker:
             size=report.size,
         )
 
+    def _check_again(self, rec: FileRecord, e: posting.Changed) -> None:
+        """Written to while it was posted (POSTING, its body never completed): back to the
+        queue, to be checked again once it has settled; whatever its check said is moot."""
+        delay = self.cfg.watch.settle_seconds
+        self._log(rec).warning("the upload was cut before its last bytes, Canvas got nothing: {}; checked again in {:g}s", e, delay)
+        self.journal.transition(
+            rec.id, State.QUEUED, f"not posted: {e}", expect=State.POSTING, next_attempt=time.time() + delay,
+            last_error=str(e)[:500],
+        )
+
     def _guard(self, rec: FileRecord, params: dict[str, Any], report: preflight.Report) -> guard.Verdict | None:
         """The change guard's verdict when it holds the file, else None.
 
@@ -290,6 +300,9 @@ class Worker:
         except posting.Rejected as e:
             report = e.report or out.finish_check()
             assert report is not None
+            if (changed := out.written_to()) is not None:
+                self._check_again(rec, changed)
+                return
             self._warnings(rec, report)
             log.warning("the upload was cut before its last bytes: the file fails the pre-flight check")
             self._reject(rec, report)
@@ -299,12 +312,7 @@ class Worker:
             operator.hold(self.cfg, self.journal, self.folders, rec, e.verdict, e.report.counts, self.notifier, sha256=e.report.sha256)
             return
         except posting.Changed as e:
-            delay = self.cfg.watch.settle_seconds
-            log.warning("the upload was cut before its last bytes, Canvas got nothing: {}; checked again in {:g}s", e, delay)
-            self.journal.transition(
-                rec.id, State.QUEUED, f"not posted: {e}", expect=State.POSTING, next_attempt=time.time() + delay,
-                last_error=str(e)[:500],
-            )
+            self._check_again(rec, e)
             return
         except RateLimited as e:
             # Canvas throttles in its middleware, before the controller saves anything. The
@@ -323,6 +331,9 @@ class Worker:
             return
         except NotSent as e:
             report = out.finish_check()  # a check cut short with the request: finished here
+            if (changed := out.written_to()) is not None:
+                self._check_again(rec, changed)
+                return
             if report is not None and not report.ok:
                 self._reject(rec, report)
                 return

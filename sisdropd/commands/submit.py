@@ -99,13 +99,20 @@ def submit(
                         params=params, on_progress=functools.partial(_upload_shown, progress, out.size),
                     )
                 except posting.Rejected as e:
-                    _passes(e.report or out.finish_check(), say)
-                    return EXIT_FAILED
+                    report = e.report or out.finish_check()
+                    if (changed := out.written_to()) is None:
+                        _passes(report, say)
+                        return EXIT_FAILED
+                    _changed(path, changed, say)
+                    continue
                 except posting.Changed as e:
-                    say(f"{path.name} changed while it was being posted ({e}); Canvas got nothing: checking it again")
+                    _changed(path, e, say)
                     continue
                 except NotSent as e:
                     report = out.finish_check()
+                    if (changed := out.written_to()) is not None:
+                        _changed(path, changed, say)
+                        continue
                     if report is not None and not _passes(report, say):
                         return EXIT_FAILED
                     say(f"gave up: Canvas unreachable ({e.message}); the file was not posted")
@@ -179,6 +186,10 @@ def _upload_shown(progress: Progress, size: int, sent: int) -> None:
 def _show_warnings(report: preflight.Report, say: Callable[[str], None]) -> None:
     for warn in report.warnings[:10]:
         say(f"warning: {warn}")
+
+
+def _changed(path: Path, e: posting.Changed, say: Callable[[str], None]) -> None:
+    say(f"{path.name} changed while it was being posted ({e}); Canvas got nothing: checking it again")
 
 
 def _passes(report: preflight.Report | None, say: Callable[[str], None]) -> bool:

@@ -55,12 +55,15 @@ def test_rewritten_through_an_open_handle_while_posted_it_is_checked_again_and_h
         f.seek(0)
         f.truncate()
         f.write(users(1))  # a batch-mode import of 1 user would delete the other 99
-    [h] = wait_for(lambda: held(drop), 30, what="held")
+    try:
+        [h] = wait_for(lambda: held(drop), 30, what="held")
+    except AssertionError:
+        raise AssertionError(f"never held; the daemon's log ends:\n{d.log()[-6000:]}") from None
     assert h.read_bytes() == users(1) and len(drop.sim.imports()) == 1
     assert drop.sidecar(h)["sha256"] == sha(users(1))
-    log = d.log()
-    assert "the upload was cut before its last bytes, Canvas got nothing" in log
-    assert "held by the change guard: users fell from 100 to 1 rows" in log
+    # The file is in held/ a moment before the daemon logs why: wait for the line.
+    wait_for(lambda: "held by the change guard: users fell from 100 to 1 rows" in d.log(), 10, what="the hold's line")
+    assert "the upload was cut before its last bytes, Canvas got nothing" in d.log()
 
 
 def test_rewritten_through_a_hidden_hard_link_while_posted_the_checked_bytes_are_imported(drop: Drop, daemon) -> None:

@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -87,6 +89,25 @@ def take(rig: Rig, name: str, data: bytes, *, link: str | None = None, handle: b
         f.close()
     assert rig.intake.take(path, os.lstat(path)) == Taken.TAKEN
     return max(r.id for r in rig.journal.select() if r.original_name == name), (f if handle else None)
+
+
+def unsent_bytes(port: int | None) -> int:
+    """Bytes waiting in our sockets' send queues towards 127.0.0.1:``port`` (/proc/net/tcp):
+    above 0 once the peer has stopped reading and its window is full."""
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rsplit(":", 1)[1], 16) == port:  # rem_address: this socket sends to it
+            total += int(fields[4].split(":")[0], 16)  # tx_queue
+    return total
+
+
+def stalled(port: int | None) -> bool:
+    """The send queue towards ``port`` holds over 512 KiB and did not move for 0.3 s: the
+    peer reads nothing and the sender waits in send."""
+    before = unsent_bytes(port)
+    time.sleep(0.3)
+    return before > 512 * 1024 and unsent_bytes(port) == before
 
 
 def rewrite(f: IO[bytes], data: bytes) -> None:
@@ -208,6 +229,33 @@ def test_a_big_file_written_to_while_it_is_sent_is_cut_then_checked_again(make_r
     _, side = rig.finished(fid)
     assert imp["sha256"] == sha(new) == side["sha256"] and creates(rig, 2) == [0, 200]
     assert lists(rig) == 0  # the cut body was provably incomplete: no look in Canvas's list
+
+
+def test_a_big_file_that_shrinks_while_its_post_times_out_is_checked_again_not_rejected(make_rig, background) -> None:
+    """The request fails before its body is complete (Canvas reads nothing within the
+    client's timeout) and the file was cut short meanwhile: what the check then finds
+    (bytes missing) is about bytes that are gone, so the file is checked again, never
+    sent to failed/ on that verdict."""
+    rig = make_rig(watch={"settle_seconds": 0.1}, canvas={"timeout": 2})
+    data = big_users()
+    rig.sim.inject("delay", method="POST", path="sis_imports", delay=8.0)  # longer than the timeout
+    fid, handle = take(rig, "users.csv", data, handle=True)
+    assert handle is not None
+    drain = background(rig)
+    # The request stalls: Canvas reads nothing, the socket fills, the sender waits in send
+    # until the timeout (NotSent); only then is the file cut short.
+    port = urllib.parse.urlsplit(rig.sim.url).port
+    wait_for(lambda: stalled(port), 10, what="the upload stalled in the socket")
+    rewrite(handle, users(3))  # the uploader's handle: truncated, then three users
+    handle.close()
+    drain.join(60)  # the worker has nothing left to do
+    assert rig.record(fid).state == "done", rig.events(fid)
+    assert rig.events(fid) == [
+        TAKEN, POSTING, ("posting", "queued", "not posted: it was written to while it was being sent"),
+        POSTING, POSTED, ("running", "finishing", "imported"), DONE,
+    ]
+    [imp] = rig.sim.imports()
+    assert imp["sha256"] == sha(users(3))
 
 
 def test_a_big_file_with_a_hidden_hard_link_is_posted_from_a_private_copy(make_rig, background) -> None:
