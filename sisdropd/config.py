@@ -27,6 +27,11 @@ class ConfigError(Exception):
     """The configuration cannot be used. ``problems`` lists each one, key path first."""
 
     def __init__(self, problems: list[str]) -> None:
+        from sisdropd.logs import escape
+
+        # A key or value may carry a newline or a terminal control (``[import]`` with a key
+        # "\n"): each problem stays one visible line, whatever the file held.
+        problems = [escape(p) for p in problems]
         super().__init__("; ".join(problems))
         self.problems = problems
 

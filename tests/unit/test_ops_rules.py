@@ -113,6 +113,25 @@ def test_any_config_loads_or_is_refused_with_named_problems(raw: dict[str, Any])
         assert e.problems and all(isinstance(p, str) and "\n" not in p for p in e.problems)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {**BASE, "import": {"\n": False}},
+        {**BASE, "canvas\x1b[2J": {}},
+        {**BASE, "folders": {"root": "/srv", "in\nbox": "x"}},
+        {**BASE, "rules": [{"glob": "*.csv", "x\u202e": 1}]},
+    ],
+    ids=["import key", "section", "section key", "rule key"],
+)
+def test_a_key_with_a_newline_or_control_is_named_on_one_visible_line(raw: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.from_dict(raw)
+    assert caught.value.problems
+    assert all(p.isprintable() for p in caught.value.problems)
+    text = "; ".join(caught.value.problems)
+    assert any(esc in text for esc in ("\\n", "\\x1b", "\\u202e"))
+
+
 @pytest.mark.parametrize("section", sorted(_SECTIONS))
 def test_every_key_with_every_odd_value_loads_or_is_refused(section: str) -> None:
     """The deterministic half of the above: each key of each section, each odd value."""
