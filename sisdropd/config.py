@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from sisdropd.errors import escape
+
 DEFAULT_PATH = "/etc/sisdropd/sisdropd.toml"
 
 
@@ -27,8 +29,6 @@ class ConfigError(Exception):
     """The configuration cannot be used. ``problems`` lists each one, key path first."""
 
     def __init__(self, problems: list[str]) -> None:
-        from sisdropd.logs import escape
-
         # A key or value may carry a newline or a terminal control (``[import]`` with a key
         # "\n"): each problem stays one visible line, whatever the file held.
         problems = [escape(p) for p in problems]

@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import sys
 import threading
 import traceback
 from typing import TYPE_CHECKING, Any, cast
 
-from sisdropd.errors import StartupError
+from sisdropd.errors import StartupError, escape
 
 if TYPE_CHECKING:
     from loguru import Logger, Record
@@ -32,12 +31,6 @@ if TYPE_CHECKING:
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-# What a file name must not bring into a log line as it is: C0 and C1 controls (a newline
-# forges a line; ESC, CSI U+009B and friends drive terminals), DEL, the Unicode line and
-# paragraph separators, and the bidirectional controls (the overrides and embeddings
-# U+202A-U+202E, the isolates U+2066-U+2069, the marks U+200E/U+200F and U+061C), which
-# reorder how a line is shown: "users\u202ecsv.exe" would read as another name.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 _PRIORITY = {
     "TRACE": 7,
     "DEBUG": 7,
@@ -80,12 +73,6 @@ def redact(text: str) -> str:
         if s in text:
             text = text.replace(s, "[REDACTED]")
     return text
-
-
-def escape(text: str) -> str:
-    """Control and bidi characters (newlines included) as visible escapes (``\\n``,
-    ``\\x9b``, ``\\u202e``), so one event stays one line and reads in its own order."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def clean(text: Any) -> str:
