@@ -341,7 +341,10 @@ class CanvasClient:
             except requests.RequestException as e:
                 raise classify(exc=e) from None
             rem = resp.headers.get("X-Rate-Limit-Remaining")
-            if rem is not None and origin_of(url) == self.origin:
+            # Pacing follows the quota of answered requests. A refusal (a throttled 403 says
+            # 0.0) is met by the caller's backoff, which logs how long it waits: pacing on top
+            # of it would stretch "posting again in 0.3s" into ten silent seconds.
+            if rem is not None and resp.status_code < 400 and origin_of(url) == self.origin:
                 try:
                     self.remaining, self._remaining_at = float(rem), time.monotonic()
                 except ValueError:

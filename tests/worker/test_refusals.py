@@ -13,6 +13,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -99,11 +100,23 @@ def test_three_tries_fit_in_about_a_minute_by_default(tmp_path: Path) -> None:
 
 def test_throttled_posts_back_off_longer_each_time(make_rig: Callable[..., Rig], log) -> None:
     """Canvas throttles with 403 (§7); each throttled post waits longer than the last, instead
-    of starting again from retry_initial at each step."""
+    of starting again from retry_initial at each step, and waits what its log line says."""
     rig = make_rig(canvas={"retry_initial": 0.5, "retry_max": 8})
     rig.sim.inject("403_rate_limit", method="POST", count=3)
     fid = rig.drop("users.csv", USERS)
     rig.drain(60)
     assert rig.record(fid).state == State.DONE and len(rig.sim.imports()) == 1
     delays = [float(m) for m in re.findall(r"posting again in ([0-9.]+)s", log.getvalue())]
-    assert len(delays) == 3 and delays[2] > 2 * delays[0], delays
+    # Try n waits retry_initial * 2**n, less up to half of it as jitter: 0.25-0.5, 0.5-1, 1-2 s
+    # (logged to 0.1 s). Starting again from retry_initial would keep the third under 0.5 s.
+    assert len(delays) == 3, delays
+    assert [0.5 * 2**n / 2 - 0.05 <= d <= 0.5 * 2**n + 0.05 for n, d in enumerate(delays)] == [True] * 3, delays
+    # And the log tells the truth: the next answer comes when it said, give or take the post
+    # itself (Canvas's "0.0" quota left on the refusal adds no silent wait of its own).
+    stamps = [
+        (datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f"), m.group(2))
+        for m in re.finditer(r"^(\S+ \S+) \w+ +users\.csv(?: #1)?: (post throttled|posted)", log.getvalue(), re.M)
+    ]
+    gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert len(gaps) == 3, (gaps, delays)
+    assert all(g <= d + 0.5 for g, d in zip(gaps, delays, strict=True)), (gaps, delays)
