@@ -85,6 +85,23 @@ def test_a_refusal_about_one_file_fails_it_after_three_tries_and_the_queue_moves
     assert alerts(out, "blocked") == [] and not error_lines(log.getvalue(), "blocked: ")
 
 
+def test_a_400_about_one_file_fails_it_after_three_tries_and_the_queue_moves_on(make_rig: Callable[..., Rig]) -> None:
+    """The 400 half of the above: a rule that leaves batch_mode_term_id empty for one name is
+    refused by Canvas's create-time validation ("Batch mode specified, but ..."), not a 404."""
+    rule = {"match": r"batch_(?P<term>\w*)\.csv", "import": {"batch_mode": True, "batch_mode_term_id": "{term}"}}
+    rig = make_rig(rules=[rule])
+    bad = rig.drop("batch_.csv", USERS, mtime=1000)
+    good = rig.drop("users.csv", USERS, mtime=2000)
+    rig.drain(30)
+    _, side = rig.finished(bad)
+    assert rig.record(bad).state == State.FAILED and side["import_id"] is None
+    assert "HTTP 400: Batch mode specified, but the given batch_mode_term_id cannot be found." in side["reason"]
+    assert "refused 3 times while the account answers" in side["reason"]
+    assert rig.record(good).state == State.DONE and len(rig.sim.imports()) == 1
+    statuses = [status for method, _, status in rig.sim.request_log() if method == "POST"]
+    assert statuses == [400] * REFUSAL_TRIES + [200]
+
+
 def test_three_tries_fit_in_about_a_minute_by_default(tmp_path: Path) -> None:
     cfg = config.from_dict({"canvas": {"base_url": "https://canvas.example.edu"}, "folders": {"root": str(tmp_path)}})
     folders = Folders.of(cfg)
