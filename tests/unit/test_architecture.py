@@ -15,6 +15,7 @@ dependency). The rules (README "Layout", issue 13):
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,19 @@ def test_the_daemon_never_imports_the_simulator() -> None:
         reached = sorted(m for m in reachable(g, name) if is_simulator(m) or m in MAY_IMPORT_SIMULATOR)
         assert not reached, f"{name} imports the simulator (through {reached})"
     assert any(is_simulator(m) for m in g["sisdropd.commands.demo"])  # the rule sees real imports
+
+
+def test_one_module_owns_held() -> None:
+    """Issue 11.4: held/ is reached through operator alone (park, release, discard, retry
+    move the file and its record together there); folders.py only names the folder."""
+    owners = {"sisdropd.operator", "sisdropd.folders"}
+    users = sorted(
+        name
+        for name, path in modules().items()
+        if not is_simulator(name) and re.search(r"\.held\b", path.read_text()) and name not in owners
+    )
+    assert users == [], f"held/ reached outside operator: {users}"
+    assert re.search(r"folders\.held\b", (PACKAGE / "operator.py").read_text())  # the rule sees real uses
 
 
 def test_no_module_is_longer_than_max_lines() -> None:
