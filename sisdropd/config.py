@@ -235,7 +235,7 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
     for key, value in raw.items():
         if key == "import":
             if not isinstance(value, dict):
-                problems.append("import: expected a table")
+                problems.append(f"import: expected a table of Canvas's create parameters, got {value!r:.60}: write it as [import] with import_type = \"instructure_csv\" and the like under it")
                 continue
             built["import_params"] = _import_params(value, problems)
         elif key == "rules":
@@ -244,7 +244,7 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
             built["rules"] = _rules(value, base, problems)
         elif key in _SECTIONS:
             if not isinstance(value, dict):
-                problems.append(f"{key}: expected a table")
+                problems.append(f"{key}: expected a table, got {value!r:.60}: write it as a [{key}] section with its keys under it")
                 continue
             built[key] = _section(key, _SECTIONS[key], value, problems)
         else:
@@ -311,7 +311,7 @@ def _rules(value: Any, base: dict[str, Any], problems: list[str]) -> tuple[Rule,
             continue
         params = entry.get("import", {})
         if not isinstance(params, dict):
-            problems.append(f"{where}.import: expected a table")
+            problems.append(f"{where}.import: expected a table of Canvas's create parameters, got {params!r:.60}: write it as import = {{ batch_mode = true }} or the like")
             continue
         # Check the merged parameters with every {group} filled by a placeholder.
         sample = {k: (re.sub(r"\{\w+\}", "X", v) if isinstance(v, str) else v) for k, v in params.items()}

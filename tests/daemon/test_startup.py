@@ -41,7 +41,7 @@ def append(drop: Drop, text: str) -> None:
         ("log_file_in_a_file", r"log.file: cannot open .*/afile/sisdropd.log \(.*\): make its folder writable"),
         ("log_file_is_a_folder", r"log.file: cannot open .*/logdir \(.*\): make its folder writable"),
         ("rotation", r"config: log.rotation: cannot read 'fifty': give a size"),
-        ("import_beside_rules", r"config: import: expected a table"),
+        ("import_beside_rules", r"config: import: expected a table of Canvas's create parameters, got 5: write it as \[import\]"),
         ("root_is_a_file", r"folders.root: cannot create .*/afile/inbox \(Not a directory\): something that is not a folder is in the way"),
         ("inbox_is_a_file", r"folders.inbox: cannot create .*/afile \(File exists\): something that is not a folder"),
         ("ca_bundle", r"canvas.ca_bundle: cannot read .*/nope.pem \(No such file or directory\)"),
