@@ -1,0 +1,55 @@
+"""The daemon's lock, as operator commands see it (issue 12.5): who holds it is asked of the
+kernel, never by taking it, so a command asking at the moment a daemon starts never makes that
+start fail; and a stale pid file names no one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sisdropd.folders import AlreadyRunning, lock, lock_file, lock_holder
+
+HOLD = "import sys, time; from pathlib import Path; from sisdropd.folders import lock; f = lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(30)"
+ASK = (
+    "import sys, time; from pathlib import Path; from sisdropd.folders import lock_holder\n"
+    "d, n, end = Path(sys.argv[1]), 0, time.monotonic() + float(sys.argv[2])\n"
+    "print('asking', flush=True)\n"
+    "while time.monotonic() < end:\n"
+    "    lock_holder(d); n += 1\n"
+    "print(n, flush=True)\n"
+)
+
+
+def test_the_holder_is_the_live_process_that_holds_the_lock_not_the_pid_file(tmp_path: Path) -> None:
+    assert lock_holder(tmp_path) is None  # no lock file at all
+    lock_file(tmp_path).write_text("1\n")  # a stale pid file after a stop: init, say
+    assert lock_holder(tmp_path) is None
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert lock_holder(tmp_path) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_holder(tmp_path) is None  # the kernel dropped the lock with the process
+
+
+def test_a_command_asking_over_and_over_never_makes_a_starting_daemon_fail(tmp_path: Path) -> None:
+    asker = subprocess.Popen([sys.executable, "-c", ASK, str(tmp_path), "1.5"], stdout=subprocess.PIPE, text=True)
+    assert asker.stdout is not None and asker.stdout.readline().strip() == "asking"
+    starts, refused = 0, 0
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:  # a daemon starting (and stopping) again and again meanwhile
+        try:
+            f = lock(tmp_path)
+        except AlreadyRunning:
+            refused += 1
+        else:
+            f.close()
+        starts += 1
+    asks = int(asker.stdout.readline())
+    assert asker.wait() == 0
+    assert asks > 1000 and starts > 1000, (asks, starts)  # they overlapped many times over
+    assert refused == 0, f"{refused} of {starts} starts refused while a command asked who holds the lock"
