@@ -121,6 +121,12 @@ def plain(name: str) -> str:
     return name
 
 
+def inside(folder: Path, name: str, suffix: str = "") -> Path:
+    """``folder / (name + suffix)`` once ``plain(name)`` agrees: the one way a path is built
+    from a journal's stored name (a sidecar is ``inside(folder, name, ".json")``)."""
+    return folder / (plain(name) + suffix)
+
+
 def original_name(stored: str) -> str:
     """The dropped name inside a stored name (the whole name if it carries no prefix)."""
     m = _STORED.match(stored)

@@ -39,6 +39,7 @@ from sisdropd.folders import (
     STATE_MODE,
     Folders,
     UnsafeName,
+    inside,
     make_dir,
     pause_flag,
     plain,
@@ -69,7 +70,7 @@ def _path(folders: Folders, where: list[str] | tuple[str, str]) -> Path:
     folder, name = where
     if folder not in _FOLDERS:
         raise UnsafeName(f"the journal names the folder {folder!r}, which is none of ours: refusing to touch it")
-    return getattr(folders, folder) / plain(name)
+    return inside(getattr(folders, folder), name)
 
 
 def begin(
@@ -172,7 +173,7 @@ def hold(
         delay = max(cfg.canvas.retry_initial, min(60.0, cfg.canvas.retry_max))
         log.error("cannot move the file into held/ ({}): it stays in processing/, judged again in {:g}s", e.strerror or e, delay)
         with contextlib.suppress(OSError):
-            os.unlink(folders.held / f"{rec.stored_name}.json")
+            os.unlink(inside(folders.held, rec.stored_name, ".json"))
         journal.transition(
             rec.id, State.QUEUED, "cannot hold", expect=State.MOVING, intent=None,
             next_attempt=time.time() + delay, last_error=str(e)[:500],
@@ -209,20 +210,20 @@ def alert_held(folders: Folders, rec: FileRecord, reason: str, notifier: Notifie
         notifier.send(
             "held",
             {"file": rec.original_name, "import_id": rec.import_id, "state": None, "reason": reason,
-             "sidecar": str(folders.held / f"{rec.stored_name}.json"), "counts": counts},
+             "sidecar": str(inside(folders.held, rec.stored_name, ".json")), "counts": counts},
         )
 
 
 def half_parked(folders: Folders, rec: FileRecord) -> bool:
     """A HELD record whose file is in processing/ (a journal from before intents): park it again."""
-    return os.path.lexists(folders.processing / rec.stored_name) and not os.path.lexists(folders.held / rec.stored_name)
+    return os.path.lexists(inside(folders.processing, rec.stored_name)) and not os.path.lexists(inside(folders.held, rec.stored_name))
 
 
 def locate(folders: Folders, rec: FileRecord) -> Path:
     """Where an open record's file is: processing/, or held/ for a FINISHING record an older
     version's discard left there."""
-    path = folders.processing / plain(rec.stored_name)
-    held = folders.held / rec.stored_name
+    path = inside(folders.processing, rec.stored_name)
+    held = inside(folders.held, rec.stored_name)
     if not os.path.lexists(path) and os.path.lexists(held):
         return held
     return path

@@ -22,7 +22,7 @@ from sisdropd.canvas import Backoff, CanvasClient, CanvasError
 from sisdropd.config import Config
 from sisdropd.crashpoint import crashpoint
 from sisdropd.files import MoveConflict, move, write_atomic
-from sisdropd.folders import Folders, plain
+from sisdropd.folders import Folders, inside
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import State
 from sisdropd.logs import event as log_event
@@ -127,11 +127,11 @@ class Finisher:
         log = log_event(rec.original_name, rec.import_id)
         dest_state = State(rec.outcome or "failed")
         dest_dir = self.folders.done if dest_state == State.DONE else self.folders.failed
-        dst = dest_dir / plain(rec.stored_name)
+        dst = inside(dest_dir, rec.stored_name)
         try:
             dest_dir.mkdir(parents=True, exist_ok=True)
             errors_file = rec.errors_file or self._save_errors_file(rec, dest_dir)
-            write_atomic(dest_dir / f"{rec.stored_name}.json", sidecar(self.cfg, rec, errors_file, file_type=file_type(src)))
+            write_atomic(inside(dest_dir, rec.stored_name, ".json"), sidecar(self.cfg, rec, errors_file, file_type=file_type(src)))
             crashpoint("sidecar")
             move(src, dst, expect=(rec.size, rec.sha256))
             crashpoint("moved")
@@ -187,8 +187,8 @@ class Finisher:
             "import_id": rec.import_id,
             "state": rec.workflow_state,
             "reason": rec.outcome_reason,
-            "sidecar": str(dest_dir / f"{rec.stored_name}.json"),
-            "path": str(dest_dir / rec.stored_name),
+            "sidecar": str(inside(dest_dir, rec.stored_name, ".json")),
+            "path": str(inside(dest_dir, rec.stored_name)),
             "counts": counts,
         }
         if dest_state == State.FAILED:
@@ -203,11 +203,11 @@ class Finisher:
         att = (rec.sis_import or {}).get("errors_attachment") or {}
         if not att.get("url") or rec.import_id is None:
             return None
-        name = f"{rec.stored_name}.errors.csv"
+        path = inside(dest_dir, rec.stored_name, ".errors.csv")
         log = log_event(rec.original_name, rec.import_id)
         try:
             # Asked again of Canvas: the stored URL has no verifier (canvas.strip_verifiers).
-            if self.client.download_errors_file(rec.import_id, dest_dir / name) is None:
+            if self.client.download_errors_file(rec.import_id, path) is None:
                 return None
         except CanvasError as e:
             log.warning("could not save Canvas's errors file: {}", e.message)
@@ -215,5 +215,5 @@ class Finisher:
         except OSError as e:  # never let the errors file keep the import's own file waiting
             log.warning("could not save Canvas's errors file: {}", e.strerror or e)
             return None
-        self.journal.update(rec.id, errors_file=name)
-        return name
+        self.journal.update(rec.id, errors_file=path.name)
+        return path.name

@@ -33,7 +33,7 @@ from sisdropd import importer, operator, preflight
 from sisdropd.canvas import CanvasClient, CanvasError
 from sisdropd.config import Config
 from sisdropd.files import sha256_or_none
-from sisdropd.folders import Folders, UnsafeName, original_name, plain, taken_at
+from sisdropd.folders import Folders, UnsafeName, inside, original_name, plain, taken_at
 from sisdropd.journal import FileRecord, Journal
 from sisdropd.lifecycle import ALLOWED, State
 from sisdropd.logs import event as log_event
@@ -79,7 +79,7 @@ def recover(
             continue
         log = log_event(rec.original_name, rec.import_id)
         if rec.state == State.FINISHING and rec.outcome:
-            dest = (folders.done if rec.outcome == State.DONE else folders.failed) / rec.stored_name
+            dest = inside(folders.done if rec.outcome == State.DONE else folders.failed, rec.stored_name)
             if os.path.lexists(dest) or _special_carried(dest):
                 journal.transition(rec.id, State(rec.outcome), "move completed after restart", expect=State.FINISHING)
                 log.info("finished before the restart: {}/{}", rec.outcome, rec.stored_name)

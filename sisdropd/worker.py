@@ -58,7 +58,7 @@ from sisdropd.canvas import (
 )
 from sisdropd.config import Config
 from sisdropd.crashpoint import crashpoint
-from sisdropd.folders import Folders, UnsafeName, plain
+from sisdropd.folders import Folders, UnsafeName, inside, plain
 from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import ACTIVE, Conflict, State
 from sisdropd.logs import event as log_event
@@ -184,7 +184,7 @@ class Worker:
 
     # QUEUED -----------------------------------------------------------------------------
     def _prepare_and_post(self, rec: FileRecord) -> None:
-        path, log = self.folders.processing / rec.stored_name, self._log(rec)
+        path, log = inside(self.folders.processing, rec.stored_name), self._log(rec)
         # Fixed in the journal at the first post: a reload (SIGHUP) never changes a re-post.
         params = rec.import_params or self.cfg.params_for(rec.original_name)
         try:

@@ -165,6 +165,21 @@ def test_one_module_owns_held() -> None:
     assert re.search(r"folders\.held\b", (PACKAGE / "operator.py").read_text())  # the rule sees real uses
 
 
+def test_every_path_from_a_stored_name_is_built_by_inside() -> None:
+    """Issue 12.4: a name read from the journal becomes a path only through folders.inside,
+    which refuses anything but a plain name, at the very place the path is built."""
+    joins = re.compile(r"/\s*(?:f[\"']\{)?(?:\w+\.)?stored_name\b|/\s*plain\(")
+    found = sorted(
+        f"{name}:{n}: {line.strip()}"
+        for name, path in modules().items()
+        if not is_simulator(name)
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if joins.search(line)
+    )
+    assert found == [], found
+    assert joins.search('x = folders.done / rec.stored_name') and joins.search('d / f"{rec.stored_name}.json"')
+
+
 def test_no_module_is_longer_than_max_lines() -> None:
     lengths = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
     long = {name for name, n in lengths.items() if n > MAX_LINES}
