@@ -72,6 +72,21 @@ def test_the_suite_runs_with_the_pinned_versions() -> None:
     assert not wrong, f"installed != pinned (reinstall with -c constraints.txt, or update it): {wrong}"
 
 
+def test_every_server_install_and_ci_use_the_constraints() -> None:
+    """A server gets what the suite ran with: each `pip install` of the project in INSTALL.md,
+    in the README's server install and in .ci/run passes -c constraints.txt (the README's
+    one-line demo excepted: a throwaway venv)."""
+    demo = "&& .venv/bin/sisdropd demo"
+    lines = [
+        f"{path.relative_to(REPO)}: {line.strip()}"
+        for path in (REPO / "systemd" / "INSTALL.md", REPO / "README.md", REPO / ".ci" / "run")
+        for line in path.read_text().splitlines()
+        if re.search(r"pip install\b.*(?:\s\.(?:\s|$)|'\.\[|\.whl)", line) and demo not in line
+    ]
+    assert len(lines) >= 4, lines  # the rule sees the installs it is about
+    assert [line for line in lines if "-c constraints.txt" not in line] == []
+
+
 def test_every_third_party_import_of_the_daemon_is_declared() -> None:
     declared = {canonicalize_name(r.name) for r in requirements()[: len(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])]}
     providers = metadata.packages_distributions()
