@@ -32,6 +32,9 @@ def test_restore_follows_the_job_to_restored(drop: Drop, tmp_path: Path) -> None
     other = submitted(drop, tmp_path)
     r = drop.cli("restore", str(other), "--undelete-only", "-c", str(drop.config))
     assert r.returncode == 0 and f"partially_restored: import {other}" in r.stdout, r.stdout
+    third = submitted(drop, tmp_path)  # --batch-mode reaches Canvas too: the undo is narrowed
+    r = drop.cli("restore", str(third), "--batch-mode", "-c", str(drop.config))
+    assert r.returncode == 0 and f"partially_restored: import {third}" in r.stdout, r.stdout
     assert TOKEN not in r.stdout + r.stderr
 
 
