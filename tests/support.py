@@ -78,6 +78,7 @@ class Drop:
         self.processing = root / "sisdrop" / "processing"
         self.done = root / "sisdrop" / "done"
         self.failed = root / "sisdrop" / "failed"
+        self.held = root / "sisdrop" / "held"
         self.state_dir = root / "sisdrop" / ".sisdropd"
         self.config = root / "sisdropd.toml"
         self.sections: dict[str, dict[str, Any]] = {

@@ -24,21 +24,23 @@ def test_sighup_applies_live_keys_and_names_restart_ones(drop: Drop, daemon, tmp
         canvas={"timeout": 5},
         folders={"root": str(tmp_path / "elsewhere")},
         notify={"events": ["failed", "done"]},
+        guard={"all_imports": True},
         **{"import": {"import_type": "instructure_csv", "override_sis_stickiness": True}},
     )
     drop.config.write_text(
         drop.config.read_text() + '[[rules]]\nmatch = \'special_(?P<n>\\w+)\\.csv\'\n[rules.import]\ndiffing_data_set_identifier = "sp-{n}"\n'
     )
     d.proc.send_signal(signal.SIGHUP)
-    lines = wait_for(lambda: len(reload_lines(d.log())) >= 7 and reload_lines(d.log()), what="the reload's lines")
+    lines = wait_for(lambda: len(reload_lines(d.log())) >= 8 and reload_lines(d.log()), what="the reload's lines")
     assert "canvas.timeout: 2 -> 5 needs a restart (systemctl restart sisdropd); still 2 until then" in lines
     assert any(line.startswith("folders.root: ") and "needs a restart" in line for line in lines), lines
     assert "watch.settle_seconds: 0.5 -> 0.2" in lines
     assert "log.level: 'INFO' -> 'DEBUG'" in lines
     assert "notify.events: ['failed', 'held', 'stale', 'blocked'] -> ['failed', 'done']" in lines
     assert "import.override_sis_stickiness: unset -> true" in lines
+    assert "guard.all_imports: false -> true" in lines
     assert "rules[0]: unset -> match 'special_(?P<n>\\w+)\\.csv' import {\"diffing_data_set_identifier\": \"sp-{n}\"}" in lines, lines
-    assert len(lines) == 7, lines  # one line per changed key, nothing else
+    assert len(lines) == 8, lines  # one line per changed key, nothing else
     # The live ones apply; the folders stay (files dropped where the daemon watches are taken).
     (drop.inbox / "special_fall.csv").write_text(USERS)
     (drop.inbox / "plain.csv").write_text(USERS)
@@ -49,6 +51,10 @@ def test_sighup_applies_live_keys_and_names_restart_ones(drop: Drop, daemon, tmp
     assert "diffing_data_set_identifier" not in params["plain.csv"]
     assert " DEBUG " in d.log().split("reload: rules[0]", 1)[1]  # the new level
     assert not (tmp_path / "elsewhere").exists()
+    # [guard] applies live too: plain.csv again with one user of two (a 50 % fall) is held,
+    # which it would not be without all_imports (a plain import is not guarded by default).
+    (drop.inbox / "plain.csv").write_text(USERS.rsplit("u2,", 1)[0])
+    wait_for(lambda: drop.outcomes("held"), what="the shrunken plain file held")
 
 
 def test_an_invalid_file_keeps_the_running_config(drop: Drop, daemon) -> None:
