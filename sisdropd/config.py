@@ -235,7 +235,7 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
     for key, value in raw.items():
         if key == "import":
             if not isinstance(value, dict):
-                problems.append(f"import: expected a table of Canvas's create parameters, got {value!r:.60}: write it as [import] with import_type = \"instructure_csv\" and the like under it")
+                problems.append(f"import: expected a table of Canvas's create parameters, got {_got(value)}: write it as [import] with import_type = \"instructure_csv\" and the like under it")
                 continue
             built["import_params"] = _import_params(value, problems)
         elif key == "rules":
@@ -244,7 +244,7 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
             built["rules"] = _rules(value, base, problems)
         elif key in _SECTIONS:
             if not isinstance(value, dict):
-                problems.append(f"{key}: expected a table, got {value!r:.60}: write it as a [{key}] section with its keys under it")
+                problems.append(f"{key}: expected a table, got {_got(value)}: write it as a [{key}] section with its keys under it")
                 continue
             built[key] = _section(key, _SECTIONS[key], value, problems)
         else:
@@ -311,7 +311,7 @@ def _rules(value: Any, base: dict[str, Any], problems: list[str]) -> tuple[Rule,
             continue
         params = entry.get("import", {})
         if not isinstance(params, dict):
-            problems.append(f"{where}.import: expected a table of Canvas's create parameters, got {params!r:.60}: write it as import = {{ batch_mode = true }} or the like")
+            problems.append(f"{where}.import: expected a table of Canvas's create parameters, got {_got(params)}: write it as import = {{ batch_mode = true }} or the like")
             continue
         # Check the merged parameters with every {group} filled by a placeholder.
         sample = {k: (re.sub(r"\{\w+\}", "X", v) if isinstance(v, str) else v) for k, v in params.items()}
@@ -332,6 +332,23 @@ def _import_params(value: dict[str, Any], problems: list[str]) -> dict[str, Any]
     return params
 
 
+def _got(value: Any) -> str:
+    """What a wrong value was, for a message, without echoing what may be a secret: a value in
+    the wrong place is often a webhook URL or a token pasted a line too high. Numbers, booleans
+    and short plain words are shown; other strings by their length, lists and tables by kind."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 16 and re.fullmatch(r"[\w .,:-]*", value) else f"a string of {len(value)} characters"
+    if isinstance(value, list):
+        return "an array of tables" if value and all(isinstance(x, dict) for x in value) else "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a TOML {type(value).__name__}"  # a date or a time
+
+
 def _section(name: str, cls: type, value: dict[str, Any], problems: list[str]) -> Any:
     kinds = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -350,7 +367,7 @@ def _section(name: str, cls: type, value: dict[str, Any], problems: list[str]) -
                 ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100
                 v = float(v) if ok else v
             if not ok:
-                problems.append(f"{where}: expected a percentage 0-100, or a table of them per CSV type, got {v!r}")
+                problems.append(f"{where}: expected a percentage 0-100, or a table of them per CSV type, got {_got(v)}")
                 continue
             kwargs[key] = v
             continue
@@ -370,7 +387,7 @@ def _section(name: str, cls: type, value: dict[str, Any], problems: list[str]) -
             expected = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
                 typ, "a list of strings" if typ.startswith("tuple") else "a string"
             )
-            problems.append(f"{where}: expected {expected}, got {v!r}")
+            problems.append(f"{where}: expected {expected}, got {_got(v)}")
             continue
         kwargs[key] = v
     return cls(**kwargs)

@@ -71,6 +71,36 @@ def test_a_token_that_is_not_one_clean_line_is_refused_naming_its_source(
     assert GOOD not in text and "SECRET" not in text
 
 
+SECRET = "7~Zq4TnVb8cXk2LmP0aRsDhooksT0B1secretpath"
+HOOK = f"https://hooks.example.edu/services/{SECRET}"
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({**BASE, "canvas": SECRET}, "canvas:"),  # a token pasted a line too high
+        ({**BASE, "notify": [{"webhook": HOOK}]}, "notify:"),  # [[notify]] for a second webhook
+        ({**BASE, "notify": {"webhook": [HOOK]}}, "notify.webhook:"),
+        ({**BASE, "watch": {"settle_seconds": SECRET}}, "watch.settle_seconds:"),
+        ({**BASE, "guard": {"max_drop_percent": HOOK}}, "guard.max_drop_percent:"),
+        ({**BASE, "import": HOOK}, "import:"),
+        ({**BASE, "rules": [{"glob": "*.csv", "import": SECRET}]}, "rules[0].import:"),
+    ],
+    ids=["section", "array-of-tables", "webhook-list", "number", "percentage", "import", "rule-import"],
+)
+def test_a_value_of_the_wrong_kind_is_named_by_kind_never_echoed(raw: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_dict(raw)
+    text = "; ".join(caught.value.problems)
+    assert key in text and "got " in text, text
+    assert SECRET not in text and SECRET[:12] not in text and "hooks.example.edu" not in text, text
+
+
+def test_a_short_plain_word_of_the_wrong_kind_is_shown() -> None:
+    with pytest.raises(ConfigError, match=r"watch.settle_seconds: expected a number, got 'soon'"):
+        from_dict({**BASE, "watch": {"settle_seconds": "soon"}})
+
+
 def test_a_token_with_its_line_end_is_taken(token_file: Path) -> None:
     cfg = from_dict({**BASE, "canvas": {**BASE["canvas"], "token_file": str(token_file)}})
     token_file.write_text(f"  {GOOD}\r\n")
