@@ -412,7 +412,9 @@ class CanvasClient:
             try:
                 return self.request(method, url, **kw)
             except Retryable as e:
-                delay = e.retry_after if e.retry_after is not None else backoff.next()
+                # A Retry-After (a proxy's 429; Canvas sends none) is a floor, never a reason to
+                # hammer: "Retry-After: 0" still waits the growing backoff.
+                delay = max(e.retry_after or 0.0, backoff.next())
                 if (deadline is not None and time.time() + delay > deadline) or (attempts is not None and tries >= attempts):
                     raise
                 self.retries[e.cause] += 1

@@ -320,3 +320,22 @@ def test_the_client_hands_out_no_verifier(canvas: Server, client: CanvasClient, 
     # The errors file is still fetched: with the URL asked of Canvas now, verifier and all.
     assert client.download_errors_file(7, tmp_path / "e.csv") == 7
     assert canvas.seen[-1][0] == "/files/5/download?download_frd=1&verifier=SIGNED"
+
+
+def test_a_retry_after_of_zero_still_backs_off(canvas: Server) -> None:
+    """A proxy's "429, Retry-After: 0" answered for ever: the retry loop keeps its growing
+    backoff (0.05 s doubling here) instead of asking again at once until the deadline."""
+    import time
+
+    from sisdropd.canvas import RateLimited
+
+    canvas.routes["/api/v1/users/self"] = (429, {"Retry-After": "0", "Content-Type": "application/json"}, b"{}")
+    c = CanvasClient(canvas.url, "1", TOKEN, timeout=5, retry_initial=0.05, retry_max=0.4)
+    try:
+        with pytest.raises(RateLimited):
+            c.whoami(deadline=time.time() + 1.5)
+    finally:
+        c.close()
+    # Waits of at least 0.025, 0.05, 0.1, then 0.2 s each: no more than 10 tries in 1.5 s
+    # (asking again at once made 24 a second here, each answer taking ~40 ms).
+    assert 3 <= len(canvas.seen) <= 10, len(canvas.seen)
