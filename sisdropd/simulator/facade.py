@@ -326,6 +326,10 @@ class FakeCanvas:
         """
         return self._store.records()
 
+    def restores(self) -> list[tuple[int, dict[str, bool]]]:
+        """(import id, options as received) of every restore_states job, oldest first."""
+        return [(p.batch_id, dict(p.options)) for p in self._store.progresses()]
+
     def request_log(self) -> list[tuple[str, str, int]]:
         """(method, path, status) of every request, in order; status 0 = no answer sent."""
         return self._ctx.log.entries()

@@ -30,12 +30,16 @@ def test_restore_follows_the_job_to_restored(drop: Drop, tmp_path: Path) -> None
     assert f"restored: import {iid}" in r.stdout and state_of(drop, iid) == "restored"
     assert "\r" not in r.stdout + r.stderr  # no progress line into a pipe
     other = submitted(drop, tmp_path)
-    r = drop.cli("restore", str(other), "--undelete-only", "-c", str(drop.config))
-    assert r.returncode == 0 and f"partially_restored: import {other}" in r.stdout, r.stdout
+    r2 = drop.cli("restore", str(other), "--undelete-only", "-c", str(drop.config))
+    assert r2.returncode == 0 and f"partially_restored: import {other}" in r2.stdout, r2.stdout
     third = submitted(drop, tmp_path)  # --batch-mode reaches Canvas too: the undo is narrowed
-    r = drop.cli("restore", str(third), "--batch-mode", "-c", str(drop.config))
-    assert r.returncode == 0 and f"partially_restored: import {third}" in r.stdout, r.stdout
-    assert TOKEN not in r.stdout + r.stderr
+    r3 = drop.cli("restore", str(third), "--batch-mode", "-c", str(drop.config))
+    assert r3.returncode == 0 and f"partially_restored: import {third}" in r3.stdout, r3.stdout
+    off = {"batch_mode": False, "undelete_only": False, "unconclude_only": False}
+    assert drop.sim.restores() == [
+        (iid, off), (other, {**off, "undelete_only": True}), (third, {**off, "batch_mode": True})
+    ]
+    assert all(TOKEN not in x.stdout + x.stderr for x in (r, r2, r3))
 
 
 def test_restore_of_an_unknown_import_or_a_failed_job_exits_1(drop: Drop, tmp_path: Path) -> None:

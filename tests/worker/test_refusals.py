@@ -136,4 +136,5 @@ def test_throttled_posts_back_off_longer_each_time(make_rig: Callable[..., Rig],
     ]
     gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
     assert len(gaps) == 3, (gaps, delays)
-    assert all(g <= d + 0.5 for g, d in zip(gaps, delays, strict=True)), (gaps, delays)
+    # (The bug this guards against added about ten seconds to each: 3 s is room for a loaded host.)
+    assert all(g <= d + 3 for g, d in zip(gaps, delays, strict=True)), (gaps, delays)
