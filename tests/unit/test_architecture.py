@@ -15,7 +15,6 @@ dependency). The rules (README "Layout", issue 13):
 from __future__ import annotations
 
 import ast
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,32 +151,79 @@ def test_the_daemon_never_imports_the_simulator() -> None:
     assert any(is_simulator(m) for m in g["sisdropd.commands.demo"])  # the rule sees real imports
 
 
+def held_uses(source: str) -> list[int]:
+    """Lines where code reaches held/: ``x.held`` or ``getattr(x, "held")`` (comments,
+    strings and the simulator's own ``held`` flags aside: only folder objects are named so)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr == "held" and isinstance(node.ctx, ast.Load):
+            out.append(node.lineno)
+        elif (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+            and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value == "held"
+        ):
+            out.append(node.lineno)
+    return out
+
+
 def test_one_module_owns_held() -> None:
     """Issue 11.4: held/ is reached through operator alone (park, release, discard, retry
     move the file and its record together there); folders.py only names the folder."""
     owners = {"sisdropd.operator", "sisdropd.folders"}
-    users = sorted(
-        name
+    users = {
+        name: lines
         for name, path in modules().items()
-        if not is_simulator(name) and re.search(r"\.held\b", path.read_text()) and name not in owners
-    )
-    assert users == [], f"held/ reached outside operator: {users}"
-    assert re.search(r"folders\.held\b", (PACKAGE / "operator.py").read_text())  # the rule sees real uses
+        if not is_simulator(name) and name not in owners and (lines := held_uses(path.read_text()))
+    }
+    assert users == {}, f"held/ reached outside operator: {users}"
+    assert held_uses((PACKAGE / "operator.py").read_text())  # the rule sees real uses
+    assert held_uses('getattr(f, "held")\n# f.held\ns = "f.held"') == [1]
+
+
+def raw_stored_names(source: str) -> list[int]:
+    """Lines where a path is built from a stored name other than through ``inside``: a ``/``,
+    ``joinpath``, ``os.path.join`` or ``Path(...)`` whose operand holds ``<x>.stored_name``
+    (an f-string's included) outside a call of ``inside`` or ``plain``. Text that only shows
+    a name (a log line's "-> done/<name>") is no path and is not counted."""
+
+    def raw(node: ast.AST) -> bool:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("inside", "plain"):
+            return False
+        if isinstance(node, ast.Attribute) and node.attr == "stored_name":
+            return True
+        return any(raw(child) for child in ast.iter_child_nodes(node))
+
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            parts: list[ast.AST] = [node.left, node.right]
+        elif isinstance(node, ast.Call) and (
+            (isinstance(node.func, ast.Attribute) and node.func.attr in ("joinpath", "join"))
+            or (isinstance(node.func, ast.Name) and node.func.id in ("Path", "PurePath"))
+        ):
+            parts = [*node.args]
+        else:
+            continue
+        if any(raw(part) for part in parts):
+            out.append(node.lineno)
+    return out
 
 
 def test_every_path_from_a_stored_name_is_built_by_inside() -> None:
     """Issue 12.4: a name read from the journal becomes a path only through folders.inside,
     which refuses anything but a plain name, at the very place the path is built."""
-    joins = re.compile(r"/\s*(?:f[\"']\{)?(?:\w+\.)?stored_name\b|/\s*plain\(")
-    found = sorted(
-        f"{name}:{n}: {line.strip()}"
+    found = {
+        name: lines
         for name, path in modules().items()
-        if not is_simulator(name)
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if joins.search(line)
-    )
-    assert found == [], found
-    assert joins.search('x = folders.done / rec.stored_name') and joins.search('d / f"{rec.stored_name}.json"')
+        if not is_simulator(name) and (lines := raw_stored_names(path.read_text()))
+    }
+    assert found == {}, found
+    caught = [
+        "folders.done / rec.stored_name", 'd / f"{rec.stored_name}.json"', "d.joinpath(r.stored_name)",
+        "os.path.join(d, r.stored_name)", "Path(d, r.stored_name)", 'Path(f"{d}/{r.stored_name}")',
+    ]
+    assert all(raw_stored_names(code) == [1] for code in caught)
+    assert raw_stored_names('inside(d, r.stored_name, ".json")\nd / plain(r.stored_name)') == []
 
 
 def test_no_module_is_longer_than_max_lines() -> None:
