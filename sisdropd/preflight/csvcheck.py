@@ -48,8 +48,10 @@ _MOVED = (
 )
 _UTF8 = (
     "Invalid UTF-8 (byte 0x{byte:02X} at column {column}{also}): Canvas refuses the whole "
-    "file; save it as UTF-8 (it may be Latin-1 or Windows-1252)"
+    "file; save it as UTF-8 ({guess})"
 )
+_LATIN = "it may be Latin-1 or Windows-1252"
+_UTF16 = "it is UTF-16: it starts with a UTF-16 byte-order mark"
 
 
 @dataclass
@@ -140,7 +142,9 @@ class CsvScan:
             line, column, byte = scan.bad
             more = scan.bad_lines - 1
             also = f"; {more} more line{'s' if more > 1 else ''} too" if more > 0 else ""
-            found.append((line, 2, _UTF8.format(byte=byte, column=column, also=also)))
+            # 0xFF or 0xFE as the very first byte: a UTF-16 byte-order mark, never Latin-1 text.
+            guess = _UTF16 if (line, column) == (1, 1) and byte in (0xFE, 0xFF) else _LATIN
+            found.append((line, 2, _UTF8.format(byte=byte, column=column, also=also, guess=guess)))
         found.sort(key=lambda f: (f[0] if f[0] is not None else float("inf"), f[1]))
         for where, _, message in found:
             self.build.problem(where, message, self.label)

@@ -66,13 +66,13 @@ def open_failure(path: Path, err: OSError | ValueError) -> str:
     try:
         st: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
-        return "no longer exists"
+        return "does not exist"
     except (OSError, ValueError):
         st = None
     if st is not None and stat.S_ISLNK(st.st_mode):
         return "is a symbolic link; links are never followed"
     if err.errno == errno.ENOENT:
-        return "no longer exists"
+        return "does not exist"
     if err.errno in (errno.EACCES, errno.EPERM):
         return "permission denied: cannot read it (check its owner and mode)"
     if st is not None and not stat.S_ISREG(st.st_mode):

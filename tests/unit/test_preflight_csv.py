@@ -106,6 +106,9 @@ def test_undecodable_header_is_invalid_utf8_on_line_1_and_unrecognised(tmp_path)
     assert "Couldn't find Canvas CSV import headers" in text
     assert "UTF-16" in text
     assert not report.ok
+    # The encoding hint of the UTF-8 problem agrees with the header's: UTF-16, not Latin-1.
+    utf8 = only([p for p in report.problems if "Invalid UTF-8" in p.message]).message
+    assert "it is UTF-16" in utf8 and "Latin-1" not in utf8, utf8
 
 
 def test_latin1_header_is_invalid_utf8(tmp_path):
@@ -113,7 +116,7 @@ def test_latin1_header_is_invalid_utf8(tmp_path):
         write(tmp_path, "u.csv", "user_id,login_id,status,prénom\n".encode("latin-1"))
     )
     problem = only([p for p in report.problems if "Invalid UTF-8" in p.message])
-    assert problem.line == 1 and "0xE9" in problem.message
+    assert problem.line == 1 and "0xE9" in problem.message and "it may be Latin-1" in problem.message
     assert report.counts == {"users": 0}  # the header itself was still readable
 
 

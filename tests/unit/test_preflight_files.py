@@ -63,9 +63,9 @@ def test_validate_content_false_checks_only_kind_extension_empty_and_size(tmp_pa
     assert not big.ok
 
 
-def test_missing_file_no_longer_exists(tmp_path):
+def test_a_missing_file_does_not_exist(tmp_path):
     report = check_path(tmp_path / "gone.csv")
-    assert only(report.problems).message == "no longer exists"
+    assert only(report.problems).message == "does not exist"
 
 
 def test_nul_in_the_path_is_a_problem_not_an_exception(tmp_path):
