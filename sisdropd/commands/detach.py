@@ -18,27 +18,36 @@ import lockfile
 from sisdropd.config import Config
 
 
-def _alive(pid: int) -> bool:
+def _a_sisdropd(pid: int) -> bool:
+    """``pid`` runs, and is a sisdropd: after a reboot a pid file left behind can name any
+    live process (init, a shell), which must not keep the daemon from starting. Where there
+    is no /proc to ask, a live pid counts."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        return b"sisdropd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # gone meanwhile, or no /proc at all
+    except OSError:
+        return True  # hidden from us (hidepid): assume it is one
 
 
 def detach(cfg: Config, pidfile: str) -> None:
     """Become a background daemon holding ``pidfile``; returns in the daemon process.
 
     Exits the calling process with status 1 and one line on stderr when the pid file
-    names a live process. A stale pid file (dead process) is replaced.
+    names a live sisdropd. A stale pid file (a dead process, or a live one that is not
+    sisdropd) is replaced.
     """
     path = Path(pidfile).absolute()
     lock = daemon.pidfile.TimeoutPIDLockFile(str(path), acquire_timeout=0)
     if lock.is_locked():
         pid = lock.read_pid()
-        if pid and _alive(pid):
+        if pid and _a_sisdropd(pid):
             print(f"sisdropd: already running (pid {pid}, pid file {path})", file=sys.stderr)
             raise SystemExit(1)
         lock.break_lock()

@@ -171,12 +171,20 @@ def test_detach_without_a_pidfile_is_a_usage_error(drop: Drop, detached: Detache
     assert detached.log_text() == ""
 
 
-def test_a_stale_pid_file_is_replaced(drop: Drop, detached: Detached) -> None:
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait(10)
+@pytest.mark.parametrize("left", ["dead", "another program"])
+def test_a_stale_pid_file_is_replaced(drop: Drop, detached: Detached, left: str) -> None:
+    if left == "dead":  # a daemon that died without cleaning up
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait(10)
+    else:  # after a reboot, the pid it names is some other live program's
+        gone = subprocess.Popen(["sleep", "60"])
     detached.pidfile.parent.mkdir(parents=True, exist_ok=True)
-    detached.pidfile.write_text(f"{gone.pid}\n")  # a daemon that died without cleaning up
-    r, _, _ = detached.start(*detached.args)
+    detached.pidfile.write_text(f"{gone.pid}\n")
+    try:
+        r, _, _ = detached.start(*detached.args)
+    finally:
+        gone.kill()
+        gone.wait(10)
     assert r.returncode == 0, r.stdout + r.stderr
     no_traceback(r)
     pid = wait_for(
