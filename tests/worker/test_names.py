@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import io
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from sisdropd import recovery
+from sisdropd.commands import control
 from sisdropd.commands.status import journal_status
+from sisdropd.folders import stored_name
 from sisdropd.lifecycle import State
 from tests.support import USERS, Rig
 
@@ -64,3 +68,59 @@ def test_a_name_that_is_not_utf8_is_taken_imported_and_shown_escaped(
     for raw, shown in NAMES.items():
         for typed in (os.fsdecode(raw), shown):
             assert [r.id for r in rig.journal.find_by_name(typed, {State.DONE})] == [recs[shown].id]
+
+
+def old_claim(rig: Rig, raw: bytes, taken: datetime | None = None) -> Path:
+    """What an older version left when it could not journal ``raw``: the file renamed into
+    processing/ under a stored name that keeps the bytes as they were, and no record."""
+    prefix = stored_name("x.csv", now=taken)[: -len("x.csv")]
+    path = Path(os.fsdecode(os.path.join(os.fsencode(rig.folders.processing), prefix.encode() + raw)))
+    path.write_text(USERS)
+    return path
+
+
+def test_a_file_left_in_processing_under_a_name_that_is_not_utf8_is_renamed_and_taken(rig: Rig, log: io.StringIO) -> None:
+    left = old_claim(rig, b"bad\xff\xfename.csv")
+    recovery.recover(rig.cfg, rig.journal, rig.folders, rig.client)  # raised UnicodeEncodeError: every start failed
+    [rec] = rig.journal.select()
+    assert rec.original_name == "bad%FF%FEname.csv" and rec.state == State.QUEUED
+    assert rec.stored_name == left.name[: -len("bad\udcff\udcfename.csv")] + "bad%FF%FEname.csv"  # its time and tag kept
+    assert os.listdir(rig.folders.processing) == [rec.stored_name]
+    assert "not UTF-8: renamed to" in log.getvalue()
+    rig.drain()
+    path, side = rig.finished(rec.id)
+    assert rig.record(rec.id).state == State.DONE and path.read_text() == USERS
+    assert side["original_name"] == "bad%FF%FEname.csv" and len(rig.sim.imports()) == 1
+
+
+def test_one_left_before_the_journal_was_lost_is_renamed_held_and_released_by_its_name(
+    rig: Rig, capsys: pytest.CaptureFixture[str],
+) -> None:
+    old_claim(rig, b"M\xfcller.csv", taken=datetime.now(UTC) - timedelta(hours=1))  # older than this journal
+    recovery.recover(rig.cfg, rig.journal, rig.folders, rig.client)
+    [rec] = rig.journal.select()
+    assert rec.original_name == "M%FCller.csv" and rec.state == State.HELD
+    assert sorted(os.listdir(rig.folders.held)) == [rec.stored_name, rec.stored_name + ".json"]
+    assert rig.sim.imports() == []  # never posted blind
+    # The operator releases it by the name the file had (`sisdropd release $'M\xfcller.csv'`).
+    assert control.run(rig.cfg, "release", os.fsdecode(b"M\xfcller.csv")) == 0
+    assert "released: M%FCller.csv is queued" in capsys.readouterr().out
+    assert [(c, n) for _, c, n, _, _ in rig.journal.unlogged_requests()] == [("release", "M%FCller.csv")]
+    rig.drain()
+    assert rig.record(rec.id).state == State.DONE and len(rig.sim.imports()) == 1
+
+
+def test_an_entry_of_processing_that_cannot_be_taken_is_logged_and_the_start_goes_on(rig: Rig, log: io.StringIO) -> None:
+    left = old_claim(rig, b"bad\xff.csv")
+    clash = left.with_name(left.name[: -len("bad\udcff.csv")] + "bad%FF.csv")  # its readable name is taken
+    clash.write_text(USERS + "u3,c,active\n")
+    other = rig.folders.processing / stored_name("users.csv")
+    other.write_text(USERS)
+    recovery.recover(rig.cfg, rig.journal, rig.folders, rig.client)
+    assert sorted(r.stored_name for r in rig.journal.select()) == sorted([clash.name, other.name])
+    assert left.read_text() == USERS  # left where it is, untouched, and named in the log
+    line = next(x for x in log.getvalue().splitlines() if "cannot take it" in x)
+    assert "ERROR" in line
+    assert "bad%FF.csv: found in processing/ with no record, but cannot take it" in line, line
+    rig.drain()
+    assert sorted(str(r.state) for r in rig.journal.select()) == ["done", "done"]
