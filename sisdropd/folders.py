@@ -4,7 +4,10 @@ The folder names are the fields of ``config.FoldersConfig`` (``FOLDER_NAMES``), 
 nowhere else. ``Folders.of(cfg)`` gives every path; ``make`` creates what is missing.
 ``stored_name`` gives a taken file the name it keeps in processing/, done/, failed/ and
 held/: a UTC timestamp and a random tag before the original name, so the name ends with
-the original, sorts by time, and never collides. ``plain`` checks a name read back from
+the original, sorts by time, and never collides. A dropped name need not be UTF-8 (a
+Windows client's ``Müller.csv`` in CP1252); the journal holds text only, so
+``readable`` writes each such byte as ``%XX``, and that is the name the journal, the
+logs, the sidecar and the stored name carry. ``plain`` checks a name read back from
 the journal before any path is built from it (a forged row must not reach outside our
 folders). The state dir holds the journal (``journal_file``), the lock a running daemon
 holds (``lock``, a POSIX record lock: ``lock_holder`` asks the kernel who holds it,
@@ -83,15 +86,29 @@ def make_dir(path: Path, mode: int) -> None:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
 
 
-def stored_name(original: str, now: datetime | None = None) -> str:
-    """``<UTC timestamp>-<6 hex>-<original>``, short enough that it and its sidecar fit.
+def readable(name: str) -> str:
+    """``name`` as valid UTF-8 text: each byte of it that was not UTF-8 (which
+    ``os.fsdecode`` keeps as a surrogate escape, and SQLite cannot store) written as
+    ``%XX``; any other name is itself. ``b'M\\xfcller.csv'`` reads ``M%FCller.csv``, as the
+    log, the status, the sidecar and the stored name show it: one an operator can type
+    unquoted, and a Windows client can fetch."""
+    if name.isascii():
+        return name
+    text = "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in name)
+    return text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate no file name gives
 
-    The name ends with the original name; when the original is too long for a prefix,
-    the prefix shrinks to the random tag; an original longer than the filesystem allows
+
+def stored_name(original: str, now: datetime | None = None) -> str:
+    """``<UTC timestamp>-<6 hex>-<readable(original)>``, short enough that it and its sidecar fit.
+
+    The name ends with the original name (its ``readable`` form: valid UTF-8, as the
+    journal and the sidecar have it); when the original is too long for a prefix, the
+    prefix shrinks to the random tag; an original longer than the filesystem allows
     beside its ``.errors.csv`` keeps its last bytes only.
     """
     when = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     tag = secrets.token_hex(3)
+    original = readable(original)
     for prefix in (f"{when}-{tag}-", f"{tag}-"):
         candidate = prefix + original
         if len(os.fsencode(candidate)) <= NAME_MAX - ROOM:

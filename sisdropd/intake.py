@@ -10,7 +10,9 @@ which entry an event concerns (``Intake.consider``) and hands each settled one t
    stays in the inbox until it changes, and is taken to be failed after
    ``truncated_after`` seconds unchanged;
 3. the claim: one atomic rename into processing/ under its stored name, made durable,
-   then the QUEUED record (a crash between the two is found by ``recovery``).
+   then the QUEUED record (a crash between the two is found by ``recovery``). A name
+   that is not UTF-8 is taken like any other: the journal, the logs and the stored name
+   carry its ``folders.readable`` form (``bad%FF.csv``).
 
 ``eligible`` is the contract's point 1: hidden names, temporary upload names and other
 extensions are never ours.
@@ -28,7 +30,7 @@ from sisdropd import outcome, preflight
 from sisdropd.config import Config
 from sisdropd.crashpoint import crashpoint
 from sisdropd.files import fsync_dir, sha256_or_none
-from sisdropd.folders import Folders, stored_name
+from sisdropd.folders import Folders, readable, stored_name
 from sisdropd.journal import Journal
 from sisdropd.lifecycle import State
 from sisdropd.logs import event as log_event
@@ -102,7 +104,7 @@ class Intake:
 
     def _claim(self, path: Path, st: os.stat_result, truncated: str | None) -> Taken:
         """Rename the entry into processing/ and record it QUEUED (failed at once if ``truncated``)."""
-        name = path.name
+        name = readable(path.name)  # what the journal, the log and the sidecar call it
         stored = stored_name(name)
         dest = self.folders.processing / stored
         try:
@@ -144,7 +146,7 @@ class Intake:
         seen = self._truncated.get(key)
         if seen is None or seen[0] != sig:
             self._truncated[key] = (sig, time.monotonic())
-            log_event(key).warning(
+            log_event(readable(key)).warning(
                 "looks truncated ({}): waiting for it to change (sent to failed/ after {:g}s unchanged)", why, limit
             )
             return "wait"

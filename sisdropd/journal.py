@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sisdropd.folders import STATE_MODE, journal_file, make_dir
+from sisdropd.folders import STATE_MODE, journal_file, make_dir, readable
 from sisdropd.lifecycle import ACTIVE, CLOSED, OPEN, Conflict, State, check
 from sisdropd.logs import logger  # loguru's, imported on first use: status never needs it
 
@@ -323,7 +323,10 @@ class Journal:
         )
 
     def find_by_name(self, name: str, states: set[State]) -> list[FileRecord]:
+        """Records whose original or stored name is ``name`` (typed as the file is named,
+        ``$'M\\xfcller.csv'``, or as the journal shows it, ``M%FCller.csv``)."""
         marks = ",".join("?" for _ in states)
+        name = readable(name)
         return self.select(
             f"(original_name = ? OR stored_name = ?) AND state IN ({marks})",
             (name, name, *[str(s) for s in states]),
@@ -406,7 +409,7 @@ class Journal:
         with self.tx() as db:
             db.execute(
                 "INSERT INTO requests(at, command, name, who, result) VALUES (?, ?, ?, ?, ?)",
-                (utcnow(), command, name, who, result),
+                (utcnow(), command, None if name is None else readable(name), who, readable(result)),
             )
 
     def unlogged_requests(self) -> list[tuple[int, str, str | None, str, str]]:

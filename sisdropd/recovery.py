@@ -8,7 +8,9 @@ behind is known and finished here, before the worker starts:
 - a HELD record whose file is still in processing/ (a journal from before intents): it is
   parked in held/ again, and nothing is posted unseen;
 - a file in processing/ with no record, taken while this journal existed (renamed in, not
-  yet journaled): taken again;
+  yet journaled): taken again (a name that is not UTF-8, left by an older version, is
+  first renamed to its ``folders.readable`` form; an entry that cannot be looked at is
+  named in the log and left there, and the start goes on);
 - a file in processing/ with no record, taken *before* this journal existed (the journal
   was lost: absent, or new): never posted blind. It is matched against our Canvas user's
   recent imports (its upload name's ending and size, or a zip's members): followed if
@@ -32,8 +34,8 @@ from loguru import logger
 from sisdropd import importer, operator, preflight
 from sisdropd.canvas import CanvasClient, CanvasError
 from sisdropd.config import Config
-from sisdropd.files import sha256_or_none
-from sisdropd.folders import Folders, UnsafeName, inside, original_name, plain, taken_at
+from sisdropd.files import move, sha256_or_none
+from sisdropd.folders import Folders, UnsafeName, inside, original_name, plain, readable, taken_at
 from sisdropd.journal import FileRecord, Journal
 from sisdropd.lifecycle import ALLOWED, State
 from sisdropd.logs import event as log_event
@@ -61,15 +63,23 @@ def recover(
     for entry in sorted(os.scandir(folders.processing), key=lambda e: e.name):
         if entry.name.startswith(".") or entry.name in known:
             continue
-        st = entry.stat(follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
+        try:
+            found = _unrecorded(folders, entry)
+        except (OSError, UnicodeError) as e:  # this entry's trouble, not the journal's: the others go on
+            log_event(readable(original_name(entry.name))).error(
+                "found in processing/ with no record, but cannot take it: {}; it stays there and is looked at again at the next start",
+                getattr(e, "strerror", None) or e,
+            )
             continue
-        claimed = taken_at(entry.name) or st.st_ctime
+        if found is None:
+            continue
+        name, st = found
+        claimed = taken_at(name) or st.st_ctime
         if claimed < created - CLAIM_SLACK:
-            orphans.append((entry.name, st, claimed))
+            orphans.append((name, st, claimed))
             continue
-        journal.add(original_name=original_name(entry.name), stored_name=entry.name, size=st.st_size, mtime=st.st_mtime)
-        log_event(original_name(entry.name)).warning("found in processing/ with no record: taken again")
+        journal.add(original_name=original_name(name), stored_name=name, size=st.st_size, mtime=st.st_mtime)
+        log_event(original_name(name)).warning("found in processing/ with no record: taken again")
     if orphans:
         _journal_lost(cfg, journal, folders, client, notifier, orphans)
     for rec in journal.open_records():
@@ -93,6 +103,23 @@ def recover(
             len(queued),
             "".join(f", {r.original_name} #{r.import_id or '?'} {r.state}" for r in active),
         )
+
+
+def _unrecorded(folders: Folders, entry: os.DirEntry[str]) -> tuple[str, os.stat_result] | None:
+    """A file in processing/ that no open record names: its name and lstat (None for a folder).
+
+    A name that is not UTF-8 (left by a version that took such a name as it was; the
+    journal cannot hold it) is first renamed to its ``readable`` form, its time and tag
+    kept, so it is taken, or looked for in Canvas, like any other. Raises OSError when
+    it cannot be looked at or renamed."""
+    st = entry.stat(follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    name = readable(entry.name)
+    if name != entry.name:
+        move(folders.processing / entry.name, folders.processing / name)
+        log_event(original_name(name)).warning("its name in processing/ was not UTF-8: renamed to {}", name)
+    return name, st
 
 
 def _safe(journal: Journal, rec: FileRecord) -> bool:
