@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import threading
@@ -143,8 +144,24 @@ def _json_journald_format(_record: Record) -> str:
     return "<{extra[priority]}>{extra[json]}\n"
 
 
+class _FromLogging(logging.Handler):
+    """Warnings and errors of libraries that use the standard ``logging`` (watchdog: "Inotify
+    queue overflowed; filesystem events were lost") as our own lines: formatted, escaped,
+    redacted and leveled like every other, instead of bare text on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.log(level, "{}: {}", record.name, record.getMessage())
+
+
 def setup(cfg: LogConfig | None = None, *, stream: Any = None) -> None:
     """Install the sinks for ``cfg`` (defaults: INFO, text, stderr only). Idempotent."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _FromLogging) for h in root.handlers):
+        root.addHandler(_FromLogging(logging.WARNING))  # and no more bare lines from lastResort
     logger.remove()
     _file_sink.clear()
     _installed.update(cfg=cfg, stream=stream)
