@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sisdropd import __version__
 from sisdropd.commands import EXIT_OK, EXIT_USAGE, err
@@ -131,6 +132,22 @@ COMMANDS: tuple[tuple[str, str, str, bool, Arguments], ...] = (
 NAMES = frozenset(c[0] for c in COMMANDS)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's own parser: an argument it does not know is its usage error.
+
+    argparse hands a subparser's leftovers to the top-level parser, whose error shows
+    the top-level usage (``sisdropd [-h] [--version] [-c FILE] COMMAND ...``): no help to
+    someone who typed ``sisdropd submit a.csv b.csv``. Here the command's parser says it,
+    with the command's usage line.
+    """
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``only``, one that knows that command alone.
 
@@ -149,7 +166,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     # Also after the command; there it wins. Its own dest: a subcommand's default (None)
     # would otherwise overwrite a value given here.
     p.add_argument("-c", "--config", dest="global_config", metavar="FILE", help="config file, for every command (default: $SISDROPD_CONFIG, else /etc/sisdropd/sisdropd.toml)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for name, target, help_, config, arguments in COMMANDS:
         if only is not None and name != only:
             continue
