@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sisdropd import __version__
+from sisdropd import __version__, linelog
 from sisdropd.commands import EXIT_OK, EXIT_USAGE, err
 from sisdropd.config import ConfigError, TokenError
 from sisdropd.errors import StartupError
@@ -178,8 +178,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-# One-shot commands whose process ends with them (see ``entry``).
+# One-shot commands whose process ends with them (see ``entry``); they never load loguru.
 QUICK = frozenset({"validate", "status", "submit"})
+# Commands that set up their logging themselves; every other one logs warnings and errors
+# alone (``linelog.one_shot``).
+OWN_LOGGING = frozenset({"run", "demo", "fake-canvas"}) | QUICK
 
 
 def entry() -> None:
@@ -217,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "config"):
         args.config = args.config or args.global_config
     module, _, function = args.target.partition(":")
+    if args.command not in OWN_LOGGING:
+        linelog.one_shot()
     try:
         command = getattr(importlib.import_module(f"sisdropd.commands.{module}"), function or "main")
         return int(command(args))

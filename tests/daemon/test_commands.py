@@ -280,3 +280,15 @@ def test_a_sigkill_between_copy_and_unlink_across_filesystems_is_finished(drop: 
     wait_for(lambda: not list(drop.processing.iterdir()), 20, what="the move finished")
     assert copy.read_text() == USERS and len(drop.sim.imports()) == 1
     assert json.loads(copy.with_name(copy.name + ".json").read_text())["workflow_state"] == "imported"
+
+
+def test_release_discard_and_retry_print_their_result_alone(drop: Drop) -> None:
+    """A one-shot command prints its result line, nothing on stderr: not the journal's DEBUG
+    lines (the config's level is DEBUG) in loguru's default format."""
+    held_file(drop, "a.csv")
+    held_file(drop, "b.csv", USERS.replace("u1", "u9"))
+    for command, name in (("release", "a.csv"), ("discard", "b.csv"), ("retry", "b.csv")):
+        r = cli(drop, command, name)
+        assert r.returncode == 0 and r.stderr == "", f"{command}: {r.stdout}{r.stderr}"
+        assert len(r.stdout.splitlines()) == 1, r.stdout
+    assert sorted(records(drop)) == [("a.csv", "queued"), ("b.csv", "queued")]
