@@ -57,7 +57,10 @@ def _run(sp: argparse.ArgumentParser) -> None:
 def _submit(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--no-wait", action="store_true", help="post and print the import id, do not follow it")
-    sp.add_argument("--json", action="store_true", help="print Canvas's final SIS import object as JSON")
+    sp.add_argument("--json", action="store_true", help=(
+        "stdout: Canvas's SIS import object as last seen (final, once followed) as JSON alone, or "
+        '{"id": null, "workflow_state": null, "error": ...} when there is none; the words go to stderr'
+    ))
 
 
 def _status(sp: argparse.ArgumentParser) -> None:
