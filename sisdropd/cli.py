@@ -28,7 +28,7 @@ exit statuses:
      do; run: another daemon holds the lock or the journal is busy (systemd retries)
   2  usage, config or set-up: a bad key, folder, log file or journal, no token, the
      wrong user for a command that writes state (systemd does not restart on 2)
-  3  gave up waiting, or Canvas unreachable (submit, restore)
+  3  gave up waiting, or Canvas unreachable (submit, restore, abort --all-pending)
   4  Canvas rejected the token (submit)
 
 environment:
