@@ -14,8 +14,9 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from sisdropd import __version__
+from sisdropd import __version__, linelog
 from sisdropd.commands import EXIT_OK, EXIT_USAGE, err
 from sisdropd.config import ConfigError, TokenError
 from sisdropd.errors import StartupError
@@ -27,7 +28,7 @@ exit statuses:
      do; run: another daemon holds the lock or the journal is busy (systemd retries)
   2  usage, config or set-up: a bad key, folder, log file or journal, no token, the
      wrong user for a command that writes state (systemd does not restart on 2)
-  3  gave up waiting, or Canvas unreachable (submit, restore)
+  3  gave up waiting, or Canvas unreachable (submit, restore, abort --all-pending)
   4  Canvas rejected the token (submit)
 
 environment:
@@ -56,7 +57,10 @@ def _run(sp: argparse.ArgumentParser) -> None:
 def _submit(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--no-wait", action="store_true", help="post and print the import id, do not follow it")
-    sp.add_argument("--json", action="store_true", help="print Canvas's final SIS import object as JSON")
+    sp.add_argument("--json", action="store_true", help=(
+        "stdout: Canvas's SIS import object as last seen (final, once followed) as JSON alone, or "
+        '{"id": null, "workflow_state": null, "error": ...} when there is none; the words go to stderr'
+    ))
 
 
 def _status(sp: argparse.ArgumentParser) -> None:
@@ -131,6 +135,22 @@ COMMANDS: tuple[tuple[str, str, str, bool, Arguments], ...] = (
 NAMES = frozenset(c[0] for c in COMMANDS)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's own parser: an argument it does not know is its usage error.
+
+    argparse hands a subparser's leftovers to the top-level parser, whose error shows
+    the top-level usage (``sisdropd [-h] [--version] [-c FILE] COMMAND ...``): no help to
+    someone who typed ``sisdropd submit a.csv b.csv``. Here the command's parser says it,
+    with the command's usage line.
+    """
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``only``, one that knows that command alone.
 
@@ -149,7 +169,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     # Also after the command; there it wins. Its own dest: a subcommand's default (None)
     # would otherwise overwrite a value given here.
     p.add_argument("-c", "--config", dest="global_config", metavar="FILE", help="config file, for every command (default: $SISDROPD_CONFIG, else /etc/sisdropd/sisdropd.toml)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for name, target, help_, config, arguments in COMMANDS:
         if only is not None and name != only:
             continue
@@ -161,8 +181,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-# One-shot commands whose process ends with them (see ``entry``).
+# One-shot commands whose process ends with them (see ``entry``); they never load loguru.
 QUICK = frozenset({"validate", "status", "submit"})
+# Commands that set up their logging themselves; every other one logs warnings and errors
+# alone (``linelog.one_shot``).
+OWN_LOGGING = frozenset({"run", "demo", "fake-canvas"}) | QUICK
 
 
 def entry() -> None:
@@ -200,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "config"):
         args.config = args.config or args.global_config
     module, _, function = args.target.partition(":")
+    if args.command not in OWN_LOGGING:
+        linelog.one_shot()
     try:
         command = getattr(importlib.import_module(f"sisdropd.commands.{module}"), function or "main")
         return int(command(args))

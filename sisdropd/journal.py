@@ -228,6 +228,9 @@ class Journal:
             )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout=30000")
+            # Read it now: sqlite opens a file lazily, and a file that is no journal must be
+            # a JournalError here, as it is for the daemon, not at the reader's first query.
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return
         make_dir(state_dir, STATE_MODE)  # 0700 whatever the umask (issue 12)
         self._db = sqlite3.connect(

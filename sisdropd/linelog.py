@@ -1,5 +1,8 @@
 """One-line logs on stderr for a one-shot command, without loguru's import time.
 
+``one_shot()`` is the logging of the other one-shot commands (``check``, ``release``,
+``retry``, ``abort``, ``restore``, ...): their warnings and errors only.
+
 ``sisdropd submit`` logs a handful of lines; importing loguru would cost it more than a
 third of its start-up. ``for_command(cfg)`` gives such a command what it logs through:
 this module's ``LineLogger`` when the config asks for plain text on stderr alone (the
@@ -76,3 +79,19 @@ def for_command(cfg: LogConfig, stream: TextIO | None = None) -> Callable[..., A
         return lambda file=None, import_id=None: base.bind(file=file, import_id=import_id)
     logs.setup(cfg, stream=stream)
     return logs.event
+
+
+def one_shot() -> None:
+    """Logging for a one-shot command that sets up none of its own (every command but
+    ``run``, ``demo``, ``fake-canvas`` and the quick ones, which never load loguru):
+    warnings and errors on stderr, as the daemon writes them, and no log file (the
+    daemon's, its user's).
+
+    Such a command's result is the line it prints; the steps of what it calls (each
+    journal transition, at DEBUG) are for the daemon's log, which records the request.
+    Without this, loguru's default handler would print every one of them, DEBUG
+    included, in its own format, whatever ``[log] level`` says.
+    """
+    from sisdropd.config import LogConfig
+
+    logs.setup(LogConfig(level="WARNING"))

@@ -56,13 +56,9 @@ def as_state_owner(cfg: Config) -> None:
     uid = probe.stat().st_uid
     if uid == os.geteuid():
         return
-    import pwd  # here, with shlex: only a refusal needs them
-    import shlex
+    import shlex  # here: only a refusal needs it
 
-    try:
-        owner = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        owner = f"#{uid}"
+    owner = _user(uid)
     argv = sys.argv[1:]
     if not {"-c", "--config"} & set(argv) and not any(a.startswith("--config=") for a in argv):
         argv = ["-c", cfg.source, *argv]
@@ -70,3 +66,38 @@ def as_state_owner(cfg: Config) -> None:
         f"{probe} belongs to {owner}: run this as its owner, so that the daemon can still change what it "
         f"writes: sudo -u {shlex.quote(owner)} {shlex.join(['sisdropd', *argv])}"
     )
+
+
+def unreadable(path: Path, e: Exception) -> str:
+    """Why the journal at ``path`` cannot be read, and what to do, by cause: another
+    process's lock, another user's file, or the error alone."""
+    text = str(e).lower()
+    if "locked" in text or "busy" in text:
+        return f"cannot read the journal {path} ({e}): another process holds it (a backup? an sqlite3 shell?); try again once it is free"
+    probe = next((p for p in (path, *path.parents) if _stat(p) is not None), None)
+    st = _stat(probe) if probe is not None else None
+    if st is not None and st.st_uid != os.geteuid():
+        import shlex  # here: only this refusal needs it
+
+        owner = _user(st.st_uid)
+        return (
+            f"cannot read the journal {path} ({e}): {probe} belongs to {owner}: run this as that user, "
+            f"e.g. sudo -u {shlex.quote(owner)} {shlex.join(['sisdropd', *sys.argv[1:]])}"
+        )
+    return f"cannot read the journal {path} ({e})"
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def _user(uid: int) -> str:
+    import pwd  # here: only a refusal needs it
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import grp
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
 
 from sisdropd import startup
 from sisdropd.canvas import CanvasError, client_for
-from sisdropd.commands import say
+from sisdropd.commands import say, unreadable
 from sisdropd.config import (
     Config,
     ConfigError,
@@ -22,7 +23,8 @@ from sisdropd.config import (
     resolve_path,
 )
 from sisdropd.errors import StartupError
-from sisdropd.folders import Folders
+from sisdropd.folders import Folders, journal_file
+from sisdropd.journal import Journal, JournalError
 from sisdropd.logs import add_secret
 from sisdropd.proxy import proxy_for
 
@@ -67,6 +69,9 @@ def check(path: Path) -> int:
             say(f"ok: log file {log}")
         else:
             problems.append(f"log.file {log}: {target} is not writable by this user")
+    journal_problem = journal_check(folders.state_dir)
+    if journal_problem:
+        problems.append(journal_problem)
     try:
         startup.check_files(cfg)
     except StartupError as e:
@@ -95,6 +100,24 @@ def check(path: Path) -> int:
     for p in problems:
         say(f"problem: {p}")
     return 1 if problems else 0
+
+
+def journal_check(state_dir: Path) -> str | None:
+    """The journal, read (never written: ``check`` changes nothing): a problem when it is no
+    journal (the advice ``run`` gives, which refuses to start on it) or cannot be read;
+    None when it reads or is not made yet (the daemon makes it)."""
+    path = journal_file(state_dir)
+    try:
+        if not path.exists():
+            say(f"ok: journal {path} (will be created)")
+            return None
+        Journal(state_dir, readonly=True).close()
+    except JournalError as e:
+        return str(e)
+    except (OSError, sqlite3.Error) as e:
+        return unreadable(path, e)
+    say(f"ok: journal {path}")
+    return None
 
 
 INBOX_MODE = 0o3770  # the README's: group-writable, setgid (uploads get the group), sticky

@@ -134,10 +134,13 @@ def demo(*, keep: bool = False, out: TextIO | None = None) -> int:
             file=say,
         )
     print("\nWhere to look next", file=say)
-    print(f"  done/ and failed/:  {root / 'sisdrop'} (each file has a <name>.json beside it)", file=say)
-    print(f"  the same view:      sisdropd status -c {root / 'sisdropd.toml'}", file=say)
-    print("  your own config:    README.md, 'Configuration'; then `sisdropd check -c your.toml`", file=say)
-    if not keep:
+    if keep:
+        print(f"  done/ and failed/:  {root / 'sisdrop'} (each file has a <name>.json beside it)", file=say)
+        print(f"  the same view:      sisdropd status -c {root / 'sisdropd.toml'}", file=say)
+    else:  # nothing here may name the folder as if it were still there
         shutil.rmtree(root, ignore_errors=True)
-        print("  (this demo's folder is removed again: run `sisdropd demo --keep` to look inside it)", file=say)
+        print("  done/ and failed/:  removed with this demo's temporary folder; `sisdropd demo --keep` keeps", file=say)
+        print("                      them (each file has a <name>.json beside it) and prints the", file=say)
+        print("                      `sisdropd status -c ...` that shows the same view", file=say)
+    print("  your own config:    README.md, 'Configuration'; then `sisdropd check -c your.toml`", file=say)
     return 0 if ok and all(r.state in (State.DONE, State.FAILED) for r in recs) else 1

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sisdropd import importer
-from sisdropd.commands import config_of, say, token_of
+from sisdropd.commands import EXIT_USAGE, config_of, err, say, token_of, unreadable
 from sisdropd.config import Config
 from sisdropd.folders import journal_file, pause_flag
 from sisdropd.journal import FileRecord, Journal
@@ -78,18 +78,25 @@ def _record_json(r: FileRecord) -> dict[str, Any]:
 def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> int:
     """Print the queue, the import in flight and the last outcomes from the journal."""
     state_dir = cfg.folders.path("state_dir")
-    if not journal_file(state_dir).exists():
+    path = journal_file(state_dir)
+    try:
+        exists = path.exists()
+    except OSError as e:  # a state folder this user may not enter
+        err(unreadable(path, e))
+        return EXIT_USAGE
+    if not exists:
         if as_json:
             print(json.dumps({"queued": [], "in_flight": None, "held": [], "recent": [], "journal": None}))
         else:
             say(f"no journal yet in {state_dir}: the daemon has not run with this config")
         return 0
+    # A file that is no journal (corrupt) raises JournalError: cli says so as run does, exit 2.
     try:
         j = Journal(state_dir, readonly=True)
         j.meta("schema_version")  # touch it: a permission problem shows here
     except sqlite3.Error as e:
-        say(f"cannot read the journal {journal_file(state_dir)}: {e} (run as the daemon's user, e.g. sudo -u sisdropd sisdropd status)")
-        return 1
+        err(unreadable(path, e))
+        return EXIT_USAGE
     try:
         queued = j.queued()
         active = j.active()

@@ -3,6 +3,12 @@
 Validate, post (streamed), follow to the end, print the outcome; the file stays where it
 is. Exit: 0 imported / imported_with_messages; 1 failed, failed_with_messages, aborted,
 rejected; 3 gave up waiting or Canvas unreachable; 4 token rejected (401).
+
+``--json``: stdout is one JSON object and nothing else, whatever the outcome: Canvas's SIS
+import object as last seen (its final state once followed to the end; as created with
+``--no-wait``; as it stood when waiting was given up), or, when no import was made or
+found, ``{"id": null, "workflow_state": null, "error": "<why>"}``. The lines that say
+the outcome in words then go to stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sisdropd import importer, linelog, posting, preflight
 from sisdropd.canvas import (
@@ -38,7 +45,7 @@ from sisdropd.commands import (
     say as say_line,
 )
 from sisdropd.config import Config
-from sisdropd.logs import redact
+from sisdropd.logs import clean, redact
 from sisdropd.progress import Progress
 
 CHANGED_TRIES = 3  # a file that changes while it is posted is checked again this often
@@ -64,11 +71,34 @@ def submit(
     (``progress.Progress``; inert when not given).
     """
     progress = shown or Progress(None)
+    said: list[str] = []
+    seen: dict[str, Any] = {}  # "import": Canvas's SIS import object as last seen
 
     def say(line: str) -> None:  # every line of ours first takes the progress line away
         progress.clear()
-        say_line(line)
+        said.append(line)
+        if as_json:  # stdout is the JSON alone: the words go to stderr
+            print(clean(line), file=sys.stderr, flush=True)
+        else:
+            say_line(line)
 
+    def canvas_seen(imp: dict[str, Any]) -> None:
+        seen["import"] = imp
+        progress.canvas(imp)
+
+    code = _submit(cfg, token, path, wait, say, progress, canvas_seen)
+    if as_json:
+        doc = seen.get("import") or {"id": None, "workflow_state": None, "error": said[-1] if said else None}
+        print(redact(json.dumps(doc, indent=2, ensure_ascii=False)), flush=True)
+    return code
+
+
+def _submit(
+    cfg: Config, token: str, path: Path, wait: bool, say: Callable[[str], None], progress: Progress,
+    canvas_seen: Callable[[dict[str, Any]], None],
+) -> int:
+    """``submit``'s work; ``say`` prints a line of the outcome, ``canvas_seen`` gets each
+    state of the import Canvas reports."""
     log_event = linelog.for_command(cfg.log, stream=progress.log_stream(sys.stderr))
     log = log_event(path.name)
     w = cfg.watch
@@ -136,14 +166,16 @@ def submit(
         import_id = int(imp["id"])
         log = log_event(path.name, import_id)
         log.info("posted: import {}", import_id)
-        progress.canvas(imp)
+        canvas_seen(imp)
         if not wait:
             say(f"posted: import {import_id} ({imp.get('workflow_state')})")
             return EXIT_OK
         final_imp, final = importer.follow(
-            client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log, on_update=progress.canvas,
+            client, import_id, deadline=deadline, poll_interval=w.poll_interval, log=log, on_update=canvas_seen,
             patience=2 * cfg.canvas.timeout,
         )
+        if final_imp is not None:
+            canvas_seen(final_imp)
         progress.clear()
         if not final:
             state = (final_imp or {}).get("workflow_state")
@@ -157,8 +189,6 @@ def submit(
         assert final_imp is not None
         importer.canvas_messages(final_imp, log)
         state = str(final_imp.get("workflow_state"))
-        if as_json:
-            print(redact(json.dumps(final_imp, indent=2, ensure_ascii=False)))
         say(f"{state}: import {import_id} ({importer.counts_summary(final_imp)}) in {time.time() - started:.1f}s")
         return EXIT_OK if state in importer.SUCCESS_STATES | importer.RESTORED_STATES else EXIT_FAILED
     except TokenRejected as e:

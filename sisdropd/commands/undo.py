@@ -11,8 +11,10 @@ other integrations' included (Canvas's ``abort_all_pending`` has no filter): so 
 pauses the daemon (its own next file would otherwise be posted into the emptied queue),
 lists what it is about to abort with each import's user, asks on a terminal (or takes
 ``--yes``; without either it refuses before doing anything), aborts, and leaves the daemon
-paused. A "no" at the prompt puts the pause back as it was. ``abort`` without
-``--all-pending`` is ``commands.control``'s (the import in flight).
+paused: also when Canvas cannot be asked or does not abort (exit 3 when it stayed
+unreachable, 1 when it refused), and the last line says so. A "no" at the prompt puts the
+pause back as it was. ``abort`` without ``--all-pending`` is ``commands.control``'s (the
+import in flight).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from typing import Any
 
 from sisdropd import operator
-from sisdropd.canvas import CanvasClient, CanvasError, NotFound, client_for
+from sisdropd.canvas import CanvasClient, CanvasError, NotFound, Retryable, client_for
 from sisdropd.commands import (
     EXIT_FAILED,
     EXIT_GAVE_UP,
@@ -43,6 +45,7 @@ from sisdropd.progress import Progress
 
 PENDING = ("initializing", "created")
 DONE_JOB = ("completed", "failed")  # a Progress's final workflow_states
+STAYS_PAUSED = "the daemon stays paused: sisdropd resume to take new files again"
 
 
 def restore(args: argparse.Namespace) -> int:
@@ -147,8 +150,8 @@ def _abort_pending(cfg: Config, client: CanvasClient, folders: Folders, yes: boo
         me = client.whoami(deadline=deadline).get("id")
         pending = list(client.list_imports(states=PENDING, deadline=deadline))
     except CanvasError as e:
-        say(f"cannot ask Canvas: {e.message}; nothing aborted")
-        return EXIT_GAVE_UP
+        say(f"cannot ask Canvas: {e.message}; nothing aborted; {STAYS_PAUSED}")
+        return EXIT_GAVE_UP if isinstance(e, Retryable) else EXIT_FAILED
     pending = [imp for imp in pending if imp.get("workflow_state") in PENDING]
     if not pending:
         say(f"no pending import in account {cfg.canvas.account_id}; nothing to abort")
@@ -165,12 +168,12 @@ def _abort_pending(cfg: Config, client: CanvasClient, folders: Folders, yes: boo
     try:
         client.request("PUT", f"{client.account}/sis_imports/abort_all_pending")
     except CanvasError as e:
-        say(f"Canvas did not abort them: {e.message}")
-        return EXIT_FAILED if e.status and e.status < 500 else EXIT_GAVE_UP
+        say(f"Canvas did not abort them: {e.message}; {STAYS_PAUSED}")
+        return EXIT_GAVE_UP if isinstance(e, Retryable) else EXIT_FAILED
     ids = ", ".join(str(imp.get("id")) for imp in pending)
     _request(folders, "abort --all-pending", f"aborted the account's pending imports ({ids})")
     say(f"aborted: every pending import of account {cfg.canvas.account_id} (listed: {ids})")
-    say("the daemon stays paused: sisdropd resume to take new files again")
+    say(STAYS_PAUSED)
     return EXIT_OK
 
 

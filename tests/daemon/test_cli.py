@@ -167,6 +167,9 @@ def test_demo_shows_files_flowing_to_done_and_failed() -> None:
     assert "Outcomes" in r.stdout and "Where to look next" in r.stdout
     assert "users.csv          done" in r.stdout and "grades.csv         failed" in r.stdout
     assert "posted: import" in r.stderr
+    # The folder is removed at the end: nothing suggests a look into it as if it were there.
+    where = r.stdout.split("Where to look next", 1)[1]
+    assert "sisdropd-demo-" not in where and "sisdropd demo --keep" in where, where
 
 
 def test_rescan_catches_what_events_missed_and_restarts_a_dead_observer(tmp_path: Path) -> None:

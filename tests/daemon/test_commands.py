@@ -280,3 +280,31 @@ def test_a_sigkill_between_copy_and_unlink_across_filesystems_is_finished(drop: 
     wait_for(lambda: not list(drop.processing.iterdir()), 20, what="the move finished")
     assert copy.read_text() == USERS and len(drop.sim.imports()) == 1
     assert json.loads(copy.with_name(copy.name + ".json").read_text())["workflow_state"] == "imported"
+
+
+def test_release_discard_and_retry_print_their_result_alone(drop: Drop) -> None:
+    """A one-shot command prints its result line, nothing on stderr: not the journal's DEBUG
+    lines (the config's level is DEBUG) in loguru's default format."""
+    held_file(drop, "a.csv")
+    held_file(drop, "b.csv", USERS.replace("u1", "u9"))
+    for command, name in (("release", "a.csv"), ("discard", "b.csv"), ("retry", "b.csv")):
+        r = cli(drop, command, name)
+        assert r.returncode == 0 and r.stderr == "", f"{command}: {r.stdout}{r.stderr}"
+        assert len(r.stdout.splitlines()) == 1, r.stdout
+    assert sorted(records(drop)) == [("a.csv", "queued"), ("b.csv", "queued")]
+
+
+def test_a_corrupt_journal_is_a_problem_for_check_and_status_as_for_run(drop: Drop) -> None:
+    """``check`` names it as a problem (exit 1) and ``status`` refuses it (exit 2), each with the
+    advice ``run`` gives; no "run as the daemon's user" hint: the user is not the cause."""
+    drop.state_dir.mkdir(parents=True, exist_ok=True)
+    journal = drop.state_dir / "journal.sqlite3"
+    journal.write_bytes(b"not a database at all\n" * 100)
+    r = cli(drop, "check")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"problem: the journal {journal} is not a usable database" in r.stdout and "restore it from a backup" in r.stdout
+    for args in (["status"], ["status", "--json"]):
+        r = cli(drop, *args)
+        assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+        [line] = r.stderr.splitlines()
+        assert str(journal) in line and "restore it from a backup" in line and "sudo" not in line, line

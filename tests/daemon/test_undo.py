@@ -108,3 +108,13 @@ def test_abort_all_pending_asks_on_a_terminal(drop: Drop, daemon) -> None:
     assert state_of(drop, ours) == state_of(drop, theirs) == "aborted"
     assert (drop.state_dir / "paused").exists()
     drop.sim.release()
+
+
+def test_abort_all_pending_with_canvas_unreachable_says_the_daemon_stays_paused(drop: Drop) -> None:
+    drop.write(canvas={"base_url": "http://127.0.0.1:9", "timeout": 1, "retry_initial": 0.1, "retry_max": 0.3})
+    r = drop.cli("abort", "--all-pending", "--yes", "-c", str(drop.config))
+    assert r.returncode == 3, r.stdout + r.stderr  # Canvas unreachable, as for submit and restore
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("cannot ask Canvas: ") and "nothing aborted" in last, r.stdout
+    assert "the daemon stays paused" in last and "sisdropd resume" in last, last
+    assert (drop.state_dir / "paused").exists()

@@ -80,3 +80,13 @@ def test_main_builds_the_whole_parser_when_the_line_does_not_start_with_a_comman
     with pytest.raises(SystemExit) as e:  # an option before the command: the whole parser too
         cli.main(["-c", "g.toml", "--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("sisdropd ")
+
+
+@pytest.mark.parametrize("argv", [["submit", "a.csv", "b.csv"], ["-c", "g.toml", "submit", "a.csv", "b.csv"]])
+def test_an_extra_argument_is_the_commands_usage_error(argv: list[str], capsys) -> None:
+    """``sisdropd submit a.csv b.csv``: submit's usage and its error, not the top-level usage."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("usage: sisdropd submit [-h]") and "sisdropd submit: error: unrecognized arguments: b.csv" in err, err

@@ -43,3 +43,24 @@ def test_status_names_the_import_a_waiting_file_waits_for_and_a_half_done_comman
     doc = json.loads(capsys.readouterr().out)
     assert doc["in_flight"]["waiting_for"] == 4821
     assert [(m["original_name"], m["intent"]["command"]) for m in doc["moving"]] == [("enroll.csv", "release")]
+
+
+def test_the_journal_unreadable_advice_follows_the_cause(tmp_path: Path) -> None:
+    """The sudo hint only when another user owns the journal; a lock asks to wait; else the error alone."""
+    import os
+    import pwd
+    import sqlite3
+
+    from sisdropd.commands import unreadable
+
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"")
+    mine = unreadable(path, sqlite3.OperationalError("disk I/O error"))
+    assert mine == f"cannot read the journal {path} (disk I/O error)"
+    locked = unreadable(path, sqlite3.OperationalError("database is locked"))
+    assert "another process holds it" in locked and "sudo" not in locked
+    if os.geteuid() != 0:
+        pytest.skip("giving the file to another user needs root")
+    os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    theirs = unreadable(path, sqlite3.OperationalError("unable to open database file"))
+    assert f"{path} belongs to nobody" in theirs and "sudo -u nobody sisdropd" in theirs
