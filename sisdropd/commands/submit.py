@@ -113,7 +113,7 @@ def _submit(
             try:
                 out = posting.Outgoing.open(path, name=path.name, rules=rules)
             except FileNotFoundError:
-                say(f"rejected: {path.name}: no longer exists")
+                say(f"rejected: {path.name}: does not exist")
                 return EXIT_FAILED
             with out:
                 if out.report is not None and not _passes(out.report, say):
