@@ -428,7 +428,10 @@ def test_run_detach_makes_its_folders_after_setting_its_umask(drop: Drop, tmp_pa
     )
     assert r.returncode == 0, r.stderr
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pid file"))
+    log = tmp_path / "d.log"
     try:
+        # The pid file comes first; the folders, the journal and the lock only by "watching".
+        wait_for(lambda: log.exists() and "watching" in log.read_text(), what="'watching' in the log")
         for p, m in _modes(root).items():
             assert m == (0o700 if p.name == ".sisdropd" else 0o750) or p.is_file() and m & 0o137 == 0, f"{p}: {m:04o}"
     finally:
