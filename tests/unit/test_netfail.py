@@ -90,6 +90,28 @@ def test_a_connection_never_accepted_timed_out_connecting() -> None:
     assert e.message == f"cannot connect to Canvas at http://127.0.0.1:{port}: timed out after 0.4 s"
 
 
+def test_a_server_that_hangs_up_without_answering_lost_the_connection() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+
+        def hang_up() -> None:  # read the whole request, then close without a word
+            conn, _ = s.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(4096)):
+                    data += chunk
+
+        thread = threading.Thread(target=hang_up, name="test-hang-up")
+        thread.start()
+        try:
+            e = failure(f"http://127.0.0.1:{port}")
+        finally:
+            thread.join(5)
+    assert e.message == f"connection to Canvas at http://127.0.0.1:{port}/api/v1/users/self lost: closed without an answer"
+
+
 def test_a_name_that_does_not_resolve_says_so() -> None:
     e = failure("https://nonexistent.invalid")
     assert e.message.startswith("cannot connect to Canvas at https://nonexistent.invalid: name not resolved"), e.message
