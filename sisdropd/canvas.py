@@ -40,6 +40,7 @@ from requests.adapters import HTTPAdapter
 
 from sisdropd import __version__
 from sisdropd.logs import clean, logger
+from sisdropd.netfail import describe
 from sisdropd.proxy import proxy_for
 from sisdropd.upload import BLOCK, Blocks, Cancelled, MultipartBody, PlainFile
 
@@ -201,12 +202,17 @@ def _canvas_message(resp: requests.Response) -> str:
     return str(body)[:500]
 
 
-def classify(resp: requests.Response | None = None, exc: BaseException | None = None) -> CanvasError:
-    """Turn a non-2xx answer, or a transport exception, into the error that says what to do."""
+def classify(
+    resp: requests.Response | None = None, exc: BaseException | None = None, *,
+    timeout: float | None = None, proxy: str | None = None,
+) -> CanvasError:
+    """Turn a non-2xx answer, or a transport exception, into the error that says what to do.
+
+    A transport exception is ``Retryable``, its message one plain line (``netfail.describe``):
+    ``timeout`` is the request's (seconds), ``proxy`` the proxy it went through, if any.
+    """
     if exc is not None:
-        if isinstance(exc, requests.Timeout):
-            return Retryable(f"timed out ({type(exc).__name__})")
-        return Retryable(f"network error: {type(exc).__name__}: {exc}")
+        return Retryable(describe(exc, timeout=timeout, proxy=proxy))
     assert resp is not None
     status = resp.status_code
     msg = _canvas_message(resp)
@@ -334,12 +340,12 @@ class CanvasClient:
             headers = dict(extra)
             if self._judge(url, download=download, redirected=hop > 0):
                 headers["Authorization"] = f"Bearer {self._token}"
+            proxies = self.proxies(url)
             try:
-                resp = self._session.request(
-                    method, url, headers=headers, allow_redirects=False, proxies=self.proxies(url), **kw
-                )
+                resp = self._session.request(method, url, headers=headers, allow_redirects=False, proxies=proxies, **kw)
             except requests.RequestException as e:
-                raise classify(exc=e) from None
+                timeout = kw["timeout"] if isinstance(kw["timeout"], int | float) else None
+                raise classify(exc=e, timeout=timeout, proxy=next(iter(proxies.values()), None)) from None
             rem = resp.headers.get("X-Rate-Limit-Remaining")
             # Pacing follows the quota of answered requests. A refusal (a throttled 403 says
             # 0.0) is met by the caller's backoff, which logs how long it waits: pacing on top

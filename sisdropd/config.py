@@ -209,8 +209,10 @@ def resolve_path(given: str | None) -> Path:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and check the TOML file at ``path``.
 
-    Returns a frozen ``Config``. Raises ``ConfigError`` with every problem found (file
-    missing or unreadable, TOML syntax, unknown keys, wrong types, bad values).
+    Returns a frozen ``Config``, every relative path in it taken from the config file's
+    own folder (``from_dict``'s ``relative_to``). Raises ``ConfigError`` with every
+    problem found (file missing or unreadable, TOML syntax, unknown keys, wrong types,
+    bad values).
     """
     p = Path(path)
     try:
@@ -225,11 +227,16 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([f"{p}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{p}: TOML syntax error: {e}"]) from None
-    return from_dict(raw, source=str(p))
+    return from_dict(raw, source=str(p), relative_to=p.absolute().parent.resolve())
 
 
-def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
-    """Build a ``Config`` from parsed TOML. Raises ``ConfigError`` naming each bad key."""
+def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>", relative_to: Path | None = None) -> Config:
+    """Build a ``Config`` from parsed TOML. Raises ``ConfigError`` naming each bad key.
+
+    Every path is made absolute (``_absolute``): a relative one is taken from
+    ``relative_to`` (the config file's folder, for ``load``), else from the current
+    directory (a config with no file behind it).
+    """
     problems: list[str] = []
     built: dict[str, Any] = {}
     for key, value in raw.items():
@@ -256,19 +263,21 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>") -> Config:
     cfg = Config(**built, source=source) if not problems else None
     if cfg is not None:
         problems.extend(_check_values(cfg))
-        cfg = _absolute(cfg)
+        cfg = _absolute(cfg, relative_to or Path.cwd())
     if problems:
         raise ConfigError(problems)
     assert cfg is not None
     return cfg
 
 
-def _absolute(cfg: Config) -> Config:
-    """Every path made absolute now, so a daemon that later changes its working directory
-    (``--detach`` goes to /) still means the same folders."""
+def _absolute(cfg: Config, base: Path) -> Config:
+    """Every path made absolute now, a relative one (after ``~``) taken from ``base``: the
+    folders, token_file, ca_bundle, the log file and the metrics textfile mean the same
+    whatever the working directory of whoever reads the config (systemd starts the
+    daemon in /, ``--detach`` goes there, an operator runs ``check`` from anywhere)."""
 
     def fix(value: str | None) -> str | None:
-        return str(Path(value).expanduser().absolute()) if value else value
+        return str(base / Path(value).expanduser()) if value else value
 
     f = cfg.folders
     fixed: dict[str, Any] = {n: fix(getattr(f, n)) for n in ("root", *FOLDER_NAMES)}

@@ -3,33 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from sisdropd import preflight
+from sisdropd import posting, preflight
 from sisdropd.commands import say
-from sisdropd.config import load, resolve_path
+from sisdropd.config import Config, load, resolve_path
 
 
 def main(args: argparse.Namespace) -> int:
-    """Judge by the config's import type and extensions when there is a config, else the defaults."""
-    import_type, extensions = args.import_type, None
     path = resolve_path(args.config)
-    if args.config or path.exists():
-        cfg = load(path)
-        import_type = import_type or cfg.import_type
-        extensions = cfg.watch.extensions
-    return validate_files([Path(f) for f in args.files], import_type or "instructure_csv", extensions)
+    cfg = load(path) if args.config or path.exists() else None
+    return validate_files([Path(f) for f in args.files], lambda file: rules_for(cfg, file, args.import_type))
 
 
-def validate_files(paths: list[Path], import_type: str, extensions: tuple[str, ...] | None) -> int:
+def rules_for(cfg: Config | None, file: Path, import_type: str | None = None) -> posting.Rules:
+    """How ``file`` is judged: with a config, by the rules ``submit`` and the daemon post it
+    under (``posting.Rules.of``: the import type of its ``[[rules]]`` match or ``[import]``,
+    and ``[watch]`` extensions, max_bytes and validate); without one, by the defaults.
+    ``import_type`` (``--import-type``) overrides the import type either way."""
+    rules = posting.Rules.of(cfg, cfg.params_for(file.name)) if cfg is not None else posting.Rules()
+    return dataclasses.replace(rules, import_type=import_type) if import_type else rules
+
+
+def validate_files(paths: list[Path], rules_for: Callable[[Path], posting.Rules]) -> int:
     """``sisdropd validate``: print each problem as ``file:line: message``; 1 if any fails."""
     failed = 0
     for path in paths:
-        kw: dict[str, Any] = {"import_type": import_type}
-        if extensions:
-            kw["extensions"] = extensions
-        report = preflight.check_path(path, name=str(path), **kw)
+        rules = rules_for(path)
+        report = preflight.check_path(
+            path, name=str(path), import_type=rules.import_type, extensions=rules.extensions,
+            limits=rules.limits or preflight.Limits(), validate_content=rules.validate,
+        )
         for p in report.problems:
             say(str(p))
         for w in report.warnings:
