@@ -555,6 +555,10 @@ def read_token(cfg: Config, environ: Mapping[str, str] | None = None) -> tuple[s
         except OSError as e:
             tried.append(f"{path}: {e.strerror}")
             continue
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            tried.append(f"{path}: {kind}, not a file holding the token")
+            continue
         if st.st_mode & stat.S_IROTH:
             raise TokenError(
                 f"{path}: the token file is readable by all users; run: chmod o-r {path}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,14 @@ def test_a_value_of_the_wrong_kind_is_named_by_kind_never_echoed(raw: dict, key:
 def test_a_short_plain_word_of_the_wrong_kind_is_shown() -> None:
     with pytest.raises(ConfigError, match=r"watch.settle_seconds: expected a number, got 'soon'"):
         from_dict({**BASE, "watch": {"settle_seconds": "soon"}})
+
+
+def test_a_token_file_that_is_a_folder_is_named_as_one(tmp_path: Path) -> None:
+    folder = tmp_path / "canvas-token"
+    folder.mkdir(mode=0o755)  # world-readable, as folders are: that is not what is wrong
+    cfg = from_dict({**BASE, "canvas": {**BASE["canvas"], "token_file": str(folder)}})
+    with pytest.raises(TokenError, match=rf"no Canvas token found \({re.escape(str(folder))}: a folder, not a file holding the token\)"):
+        read_token(cfg, {})
 
 
 def test_a_token_with_its_line_end_is_taken(token_file: Path) -> None:
