@@ -132,14 +132,19 @@ class Trouble:
         )
 
     @staticmethod
-    def server_error(rec: FileRecord, e: Exception) -> int:
-        """The record's count of posts answered HTTP 500 once this post failed with ``e``.
+    def server_error(rec: FileRecord, e: Exception, params: dict[str, Any]) -> tuple[int, str]:
+        """The record's count of posts answered HTTP 500 once this post failed with ``e``, and
+        what the log line about it adds ("" when ``e`` is no 500).
 
         Only Canvas's own 500 counts (a 502, 503 or 504 is a proxy's or a gateway's, and a
         timeout says nothing); it shares ``refusals`` with the 4xx refusals, which fail a
         file at REFUSAL_TRIES, so a count past that is 500s.
         """
-        return rec.refusals + 1 if isinstance(e, Retryable) and e.status == 500 else rec.refusals
+        if not (isinstance(e, Retryable) and e.status == 500):
+            return rec.refusals, ""
+        n = rec.refusals + 1
+        doubt = "".join(f"; {w}" for w in import_param_warnings(params))
+        return n, f" (a 500 to this file's post, {n} of {SERVER_ERROR_TRIES}: with no import of it in the list, the last fails the file{doubt})"
 
     def server_errors(self, rec: FileRecord) -> None:
         """POSTING ``rec``'s post was answered HTTP 500 ``rec.refusals`` times (at least

@@ -349,11 +349,8 @@ class Worker:
             return
         except (Retryable, OSError) as e:
             delay = min(self.cfg.canvas.retry_max, self.cfg.canvas.retry_initial)
-            n = self.trouble.server_error(rec, e)
-            log.warning(
-                "post failed ({}); Canvas may have the import: checking its list before posting again{}", getattr(e, "message", e),
-                f" (answered 500 {n} times: with no import of it in the list, the file fails at {SERVER_ERROR_TRIES})" if n > rec.refusals else "",
-            )
+            n, note = self.trouble.server_error(rec, e, params)
+            log.warning("post failed ({}); Canvas may have the import: checking its list before posting again{}", getattr(e, "message", e), note)
             self.client.retries[getattr(e, "cause", "network")] += 1
             self.journal.update(rec.id, expect=State.POSTING, next_attempt=time.time() + delay * 0.2, last_error=str(e)[:500], refusals=n)
             return

@@ -54,7 +54,11 @@ def test_a_post_canvas_keeps_answering_500_fails_the_file_and_the_queue_moves_on
     # Never posted blind: every 500 was looked for in Canvas's list before the next post (or the verdict).
     after_500s = "".join("P" if c.startswith("POST") else "l" for c in calls[: calls.index("POST 200")])
     assert after_500s.count("Pl") == SERVER_ERROR_TRIES and "PP" not in after_500s and after_500s.endswith("l")
-    assert f"not posted: Canvas answered HTTP 500 to this file's post {SERVER_ERROR_TRIES} times" in log.getvalue()
+    text = log.getvalue()
+    assert f"not posted: Canvas answered HTTP 500 to this file's post {SERVER_ERROR_TRIES} times" in text
+    # From the first 500 on, the log says where it leads, and doubts the import type.
+    assert f"(a 500 to this file's post, 1 of {SERVER_ERROR_TRIES}: with no import of it in the list, the last fails the file; " \
+        "import.import_type: 'instructure_csvv' is not stock Canvas's type" in text
 
 
 def test_a_single_500_to_a_post_costs_only_time(make_rig: Callable[..., Rig]) -> None:
