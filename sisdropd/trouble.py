@@ -144,7 +144,10 @@ class Trouble:
             return rec.refusals, ""
         n = rec.refusals + 1
         doubt = "".join(f"; {w}" for w in import_param_warnings(params))
-        return n, f" (a 500 to this file's post, {n} of {SERVER_ERROR_TRIES}: with no import of it in the list, the last fails the file{doubt})"
+        return n, (
+            f" (a 500 to this file's post, {n} of {SERVER_ERROR_TRIES}: with no import of it in the list, the last fails "
+            f"the file; `sisdropd discard {rec.original_name}` gives up on it now{doubt})"
+        )
 
     def server_errors(self, rec: FileRecord) -> None:
         """POSTING ``rec``'s post was answered HTTP 500 ``rec.refusals`` times (at least

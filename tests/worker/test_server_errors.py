@@ -58,7 +58,7 @@ def test_a_post_canvas_keeps_answering_500_fails_the_file_and_the_queue_moves_on
     assert f"not posted: Canvas answered HTTP 500 to this file's post {SERVER_ERROR_TRIES} times" in text
     # From the first 500 on, the log says where it leads, and doubts the import type.
     assert f"(a 500 to this file's post, 1 of {SERVER_ERROR_TRIES}: with no import of it in the list, the last fails the file; " \
-        "import.import_type: 'instructure_csvv' is not stock Canvas's type" in text
+        "`sisdropd discard typo.csv` gives up on it now; import.import_type: 'instructure_csvv' is not stock Canvas's type" in text
 
 
 def test_a_single_500_to_a_post_costs_only_time(make_rig: Callable[..., Rig]) -> None:
