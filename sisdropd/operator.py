@@ -283,9 +283,10 @@ def between_posts(rec: FileRecord) -> bool:
 
 def discard(cfg: Config, journal: Journal, folders: Folders, name: str, who: str) -> Result:
     """A file that waits goes to failed/ without being posted again: one held, one queued
-    (never posted, or waiting to be posted again: Canvas has no import of it), one whose
-    post failed and that waits between posts, or one whose lost post waits for a
-    look-alike import.
+    to be posted again (Canvas's list had no import of its posts), one whose post failed
+    and that waits between posts, or one whose lost post waits for a look-alike import.
+    A file queued and never posted is not one of them: ``release`` and ``discard`` racing
+    for a held file must have one winner, not both run one after the other.
 
     Never one whose post may be on the wire now, nor one with a known import (RUNNING,
     FINISHING: ``abort`` is for those): the intent's compare-and-set against the state and
@@ -303,6 +304,11 @@ def discard(cfg: Config, journal: Journal, folders: Folders, name: str, who: str
             ))
         return Result(False, f"no held or waiting file named {name}")
     posting = rec.state == State.POSTING and rec.waiting_for is None
+    if rec.state == State.QUEUED and not rec.attempts:
+        return Result(False, (
+            f"{rec.original_name} is queued and was never posted: discard takes out a held file or one waiting to be "
+            "posted again, not this one"
+        ))
     if posting and not between_posts(rec):
         return Result(False, (
             f"{rec.original_name} is being posted now, not waiting: nothing to discard (once Canvas answers or the "
@@ -316,8 +322,6 @@ def discard(cfg: Config, journal: Journal, folders: Folders, name: str, who: str
     last = f" ({rec.last_error})" if rec.last_error else ""
     if rec.state == State.HELD:
         reason, src = f"discarded by operator ({rec.outcome_reason})", ("held", rec.stored_name)
-    elif rec.state == State.QUEUED and not rec.attempts:
-        reason, done = "discarded by operator while queued: it was never posted", f"{done} (it was queued, never posted)"
     elif rec.state == State.QUEUED:
         reason = (
             f"discarded by operator while it waited to be posted again after {rec.attempts} post(s){last}: "
