@@ -16,7 +16,8 @@ for:
     POSTING    (answer lost, or a restart) look in Canvas's list: found -> RUNNING;
                a look-alike that lists no files yet -> wait for it (never post again
                meanwhile; an operator may discard the file); no candidate for the whole
-               grace period -> QUEUED (post again)
+               grace period -> QUEUED (post again), or FINISHING(failed) when Canvas
+               answered ``SERVER_ERROR_TRIES`` posts of it with HTTP 500
     RUNNING    follow the import to its final state, or a fresh answer past max_wait
                -> FINISHING (timeout)
     FINISHING  errors file, sidecar, the move into done/ or failed/ -> DONE / FAILED
@@ -65,6 +66,7 @@ from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import ACTIVE, Conflict, State
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
+from sisdropd.preflight.params import config_warnings
 from sisdropd.trouble import REFUSAL_TRIES as REFUSAL_TRIES
 from sisdropd.trouble import SERVER_ERROR_TRIES, Trouble
 
@@ -103,6 +105,8 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         """Work until ``stop`` is set (the daemon's worker thread)."""
+        for warning in config_warnings(self.cfg.import_params, [r.import_params for r in self.cfg.rules]):
+            logger.warning("config: {}", warning)  # as `check` says it: an import type Canvas may not have
         while not self.stop.is_set():
             self.last_step = time.monotonic()
             rec = self.journal.next_queued()

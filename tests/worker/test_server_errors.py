@@ -9,11 +9,12 @@ every file behind it (one import at a time, order kept): an operator's config ty
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from sisdropd.lifecycle import State
 from sisdropd.trouble import SERVER_ERROR_TRIES
-from tests.support import USERS, Rig
+from tests.support import USERS, Rig, wait_for
 
 TYPO = {"match": r"typo.*\.csv", "import": {"import_type": "instructure_csvv"}}
 
@@ -70,3 +71,18 @@ def test_a_single_500_to_a_post_costs_only_time(make_rig: Callable[..., Rig]) ->
     assert rec.state == State.DONE and len(rig.sim.imports()) == 1 and rec.refusals == 0
     assert [c for c in posts_and_lookups(rig) if c.startswith("POST")] == ["POST 500", "POST 200"]
 
+
+
+def test_the_worker_says_at_its_start_that_a_rule_s_import_type_is_not_stock_canvas_s(
+    make_rig: Callable[..., Rig], log
+) -> None:
+    rig = make_rig(rules=[TYPO])
+    thread = threading.Thread(target=rig.worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: "config: rules[0]: import.import_type: 'instructure_csvv' is not stock" in log.getvalue(), 10, what="the warning")
+    finally:
+        rig.stop.set()
+        rig.worker.wake.set()
+        thread.join(10)
+    assert "config: import.import_type" not in log.getvalue()  # [import]'s own is the stock type
