@@ -45,7 +45,8 @@ from sisdropd.preflight.params import STOCK_IMPORT_TYPE, import_param_warnings
 REFUSAL_TRIES = 3  # a refusal about one file fails it after this many posts...
 REFUSAL_SPACING = 30.0  # ...this many seconds apart at most (retry_max when smaller): about a minute
 #: Posts answered HTTP 500 (each followed by a look in Canvas's list that answers and shows
-#: no import of it) before the file goes to failed/. More than REFUSAL_TRIES: unlike a 4xx,
+#: no import of it: that GET .../sis_imports runs the account's checks, as the probe of a
+#: refusal does, so the account answers) before the file goes to failed/. More than REFUSAL_TRIES: unlike a 4xx,
 #: a 500 is as often Canvas's own passing trouble (a deploy, its storage, a bug) as the
 #: file's (an import type this Canvas lacks). Each try first waits out the lost-post
 #: lookup's grace (2 x canvas.timeout), so five span at least 8 x timeout (8 minutes by

@@ -28,8 +28,9 @@ account (``blocked``: a token refused, SIS imports disabled, no such root accoun
 every file in order, logged and alerted once, and logged again when it clears. A 401 never
 sends a file to failed/. A post answered HTTP 500 is looked for in Canvas's list like any
 lost answer; once that happened ``SERVER_ERROR_TRIES`` times with no import found (an import
-type this Canvas lacks...), the file fails instead of being posted again. Every transition names the state it expects: a record an
-operator moved meanwhile (``lifecycle.Conflict``) is simply looked at again.
+type this Canvas lacks...), the file fails instead of being posted again. Every transition
+names the state it expects: a record an operator moved meanwhile (``lifecycle.Conflict``)
+is simply looked at again.
 
 Every step is journaled before its effect, so a SIGKILL at any instant resumes at the
 right step: the record says what may already have happened, never less. Files arrive
