@@ -2,7 +2,8 @@
 
 This is the one module that knows held/: the worker ``hold``s a file the change guard
 stops (or one found after the journal was lost), an operator ``release``s it back to the
-queue or ``discard``s it to failed/ (a file waiting for a look-alike import too), and
+queue or ``discard``s it to failed/ (any file that waits too: in the queue, between
+posts, or for a look-alike import; never one on the wire or with a known import), and
 ``retry`` puts a failed file back in the queue. ``pause`` stops the taking of new files,
 ``abort`` aborts an import in Canvas (the one in flight, or the one a timed-out file left
 running).
@@ -273,29 +274,74 @@ def release(cfg: Config, journal: Journal, folders: Folders, name: str, who: str
     return _do(cfg, journal, folders, rec, done)
 
 
-def discard(cfg: Config, journal: Journal, folders: Folders, name: str, who: str) -> Result:
-    """A held file, or one whose lost post waits for a look-alike import, goes to failed/.
+def between_posts(rec: FileRecord) -> bool:
+    """A POSTING record whose post is over (it failed, or its answer was lost) and that waits
+    for a look in Canvas's list or its next post: not on the wire. The worker journals
+    ``next_attempt`` 0 as it posts and a later time once the post is over."""
+    return rec.post_started is not None and rec.next_attempt > rec.post_started
 
-    The reason says "discarded by operator" and why it waited (for a waiting file: the
-    import it waited for, which Canvas may still run).
+
+def discard(cfg: Config, journal: Journal, folders: Folders, name: str, who: str) -> Result:
+    """A file that waits goes to failed/ without being posted again: one held, one queued
+    to be posted again (Canvas's list had no import of its posts), one whose post failed
+    and that waits between posts, or one whose lost post waits for a look-alike import.
+    A file queued and never posted is not one of them: ``release`` and ``discard`` racing
+    for a held file must have one winner, not both run one after the other.
+
+    Never one whose post may be on the wire now, nor one with a known import (RUNNING,
+    FINISHING: ``abort`` is for those): the intent's compare-and-set against the state and
+    the post (``post_started``) the command saw makes the worker's next post, or its
+    discovery of the import, win over the discard, or lose to it. The reason says
+    "discarded by operator" and what the file waited for.
     """
-    rec = _find(journal, name, {State.HELD, State.POSTING}, "discard")
-    if rec is None or (rec.state == State.POSTING and rec.waiting_for is None):
-        if rec is not None:
-            return Result(False, f"{rec.original_name} is being posted now, not waiting: nothing to discard")
+    rec = _find(journal, name, {State.HELD, State.QUEUED, State.POSTING}, "discard")
+    if rec is None:
+        busy = next(iter(journal.find_by_name(name, {State.RUNNING, State.FINISHING})), None)
+        if busy is not None and busy.import_id is not None:
+            return Result(False, (
+                f"{busy.original_name} has import {busy.import_id} in Canvas (it is {busy.state}): not discarded; "
+                f"`sisdropd abort {busy.original_name}` stops that import, and the file then goes to failed/"
+            ))
         return Result(False, f"no held or waiting file named {name}")
+    posting = rec.state == State.POSTING and rec.waiting_for is None
+    if rec.state == State.QUEUED and not rec.attempts:
+        return Result(False, (
+            f"{rec.original_name} is queued and was never posted: discard takes out a held file or one waiting to be "
+            "posted again, not this one"
+        ))
+    if posting and not between_posts(rec):
+        return Result(False, (
+            f"{rec.original_name} is being posted now, not waiting: nothing to discard (once Canvas answers or the "
+            "post fails, it may be discarded)"
+        ))
     done = f"discarded: {rec.original_name} is in failed/"
     if (settled := _settled(cfg, journal, folders, rec, done)) is not None:
         return settled
     where: dict[str, Any] | None = None
+    src = ("processing", rec.stored_name)
+    last = f" ({rec.last_error})" if rec.last_error else ""
     if rec.state == State.HELD:
         reason, src = f"discarded by operator ({rec.outcome_reason})", ("held", rec.stored_name)
+    elif rec.state == State.QUEUED:
+        reason = (
+            f"discarded by operator while it waited to be posted again after {rec.attempts} post(s){last}: "
+            "Canvas's list showed no import of them"
+        )
+        done += " (it waited to be posted again; Canvas has no import of it)"
+    elif posting:
+        looked = "showed no import of it so far" if rec.absent_since is not None else "was not yet looked at for it"
+        reason = (
+            f"discarded by operator while it waited to be posted again: its last post failed{last} and Canvas's list "
+            f"{looked}; should an import of that post show up there after all, Canvas runs it"
+        )
+        done += f" (its last post failed{last}; Canvas's list {looked})"
+        where = {"waiting_for": None, "post_started": rec.post_started}
     else:
         reason = (
             f"discarded by operator while waiting for import {rec.waiting_for}: Canvas listed it without its files, "
             f"so it may be this file's post, and Canvas may still run it (sisdropd status {rec.waiting_for})"
         )
-        src, where = ("processing", rec.stored_name), {"waiting_for": rec.waiting_for}
+        where = {"waiting_for": rec.waiting_for}
     try:
         rec = begin(
             journal, folders, rec, command="discard", expect=rec.state, where=where, src=src,

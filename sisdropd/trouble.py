@@ -8,6 +8,14 @@ in the log and as a ``blocked`` alert, until Canvas answers again (``cleared``, 
 too). A refused token is read again from its source each time (``reload_token``), and the
 ``token_epoch`` it bumps makes the worker ask the new token's Canvas user before its next
 post.
+
+A post Canvas refuses (``refused``) is about the account or about this file, and a probe
+of the account tells which: one about the file fails it after ``REFUSAL_TRIES`` posts. A
+post answered HTTP 500 may have created an import, so the worker looks in Canvas's list
+before each new post; when the answer repeats for this file while that list answers (the
+account does) and shows no import of it, the file fails after ``SERVER_ERROR_TRIES``
+posts (``server_errors``): an import type or parameter this Canvas does not have gets a
+500 (reference section 7), and must not block the queue for ever.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sisdropd import importer
+from sisdropd import importer, outcome
 from sisdropd.canvas import (
     Backoff,
     CanvasClient,
@@ -23,13 +31,28 @@ from sisdropd.canvas import (
     Forbidden,
     NotFound,
     Refused,
+    Retryable,
     TokenRejected,
 )
 from sisdropd.config import Config, TokenError, read_token
 from sisdropd.journal import FileRecord, Journal
+from sisdropd.lifecycle import State
 from sisdropd.logs import add_secret, logger
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
+from sisdropd.preflight.params import STOCK_IMPORT_TYPE, import_param_warnings
+
+REFUSAL_TRIES = 3  # a refusal about one file fails it after this many posts...
+REFUSAL_SPACING = 30.0  # ...this many seconds apart at most (retry_max when smaller): about a minute
+#: Posts answered HTTP 500 (each followed by a look in Canvas's list that answers and shows
+#: no import of it: that GET .../sis_imports runs the account's checks, as the probe of a
+#: refusal does, so the account answers) before the file goes to failed/. More than REFUSAL_TRIES: unlike a 4xx,
+#: a 500 is as often Canvas's own passing trouble (a deploy, its storage, a bug) as the
+#: file's (an import type this Canvas lacks). Each try first waits out the lost-post
+#: lookup's grace (2 x canvas.timeout), so five span at least 8 x timeout (8 minutes by
+#: default): past a blip, yet the queue is not blocked for long. A single 500 (the soak's)
+#: costs one lookup; the count starts again whenever Canvas takes a post of the file.
+SERVER_ERROR_TRIES = 5
 
 
 class Trouble:
@@ -45,6 +68,8 @@ class Trouble:
         self.net_backoff = Backoff(c.retry_initial, c.retry_max)  # Canvas cannot be reached
         self.blocked: str | None = None  # why Canvas refuses the account, while it does
         self.token_epoch = 0  # bumped whenever the token is read again
+        self.patience = 2 * c.timeout  # how long one step retries a request before it yields
+        self.refusal_spacing = min(REFUSAL_SPACING, c.retry_max)
 
     def canvas(self, rec: FileRecord, e: CanvasError) -> None:
         """A problem on Canvas's side or with our credentials: keep the file, wait, try again."""
@@ -72,6 +97,72 @@ class Trouble:
             log.debug("still blocked: {} (asking again in {:.0f}s)", what, delay)
         self.client.retries[e.cause] += 1
         self.journal.update(rec.id, expect=rec.state, next_attempt=time.time() + delay, last_error=e.message[:500])
+
+    def refused(self, rec: FileRecord, e: CanvasError, params: dict[str, Any]) -> None:
+        """Canvas said no to a post (POSTING ``rec``): about the account (keep every file,
+        blocked) or this file (fail it after REFUSAL_TRIES); the probe of the account tells
+        which. A 401 is never the file's doing."""
+        log = log_event(rec.original_name, rec.import_id)
+        refusal: CanvasError | None = e
+        if not isinstance(e, TokenRejected):
+            try:
+                refusal = importer.probe_account(self.client, log=log, patience=self.patience)
+            except Retryable as r:
+                rec = self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}", expect=State.POSTING)
+                self.canvas(rec, r)
+                return
+        if refusal is not None:
+            rec = self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}", expect=State.POSTING, refusals=0)
+            self.block(rec, refusal)
+            return
+        self.cleared()
+        tries = rec.refusals + 1
+        reason = importer.file_refusal(e, params)
+        if tries >= REFUSAL_TRIES:
+            reason += f"; refused {tries} times while the account answers: it is about this file"
+            log.error("not posted: {}", reason)
+            outcome.fail(self.journal, rec.id, "refused", reason, expect=State.POSTING, refusals=tries)
+            return
+        log.warning(
+            "Canvas refused the post ({}) while the account answers: this file may be at fault; try {} of {} in {:.0f}s",
+            e.message, tries, REFUSAL_TRIES, self.refusal_spacing,
+        )
+        self.journal.transition(
+            rec.id, State.QUEUED, f"refused by Canvas (try {tries} of {REFUSAL_TRIES})", expect=State.POSTING,
+            refusals=tries, next_attempt=time.time() + self.refusal_spacing, last_error=e.message[:500],
+        )
+
+    @staticmethod
+    def server_error(rec: FileRecord, e: Exception, params: dict[str, Any]) -> tuple[int, str]:
+        """The record's count of posts answered HTTP 500 once this post failed with ``e``, and
+        what the log line about it adds ("" when ``e`` is no 500).
+
+        Only Canvas's own 500 counts (a 502, 503 or 504 is a proxy's or a gateway's, and a
+        timeout says nothing); it shares ``refusals`` with the 4xx refusals, which fail a
+        file at REFUSAL_TRIES, so a count past that is 500s.
+        """
+        if not (isinstance(e, Retryable) and e.status == 500):
+            return rec.refusals, ""
+        n = rec.refusals + 1
+        doubt = "".join(f"; {w}" for w in import_param_warnings(params))
+        return n, (
+            f" (a 500 to this file's post, {n} of {SERVER_ERROR_TRIES}: with no import of it in the list, the last fails "
+            f"the file; `sisdropd discard {rec.original_name}` gives up on it now{doubt})"
+        )
+
+    def server_errors(self, rec: FileRecord) -> None:
+        """POSTING ``rec``'s post was answered HTTP 500 ``rec.refusals`` times (at least
+        SERVER_ERROR_TRIES), and Canvas's list, just asked, shows no import of it: failed/."""
+        params = rec.import_params or {}
+        doubt = "; ".join(import_param_warnings(params))
+        reason = (
+            f"Canvas answered HTTP 500 to this file's post {rec.refusals} times while the account answers, and its list "
+            f"shows no import of it: the import type ({params.get('import_type', STOCK_IMPORT_TYPE)}) or parameters may "
+            f"be unknown to this Canvas{f' ({doubt})' if doubt else ''}. Once they are right in the config (a reload "
+            f"takes it), `sisdropd retry {rec.original_name}` posts the file again"
+        )
+        log_event(rec.original_name, rec.import_id).error("not posted: {}", reason)
+        outcome.fail(self.journal, rec.id, "server errors", reason, expect=State.POSTING, where={"waiting_for": None})
 
     def cleared(self) -> None:
         """Canvas answered: a refusal of the account is over (said so), the backoffs start again."""

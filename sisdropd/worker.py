@@ -16,17 +16,21 @@ for:
     POSTING    (answer lost, or a restart) look in Canvas's list: found -> RUNNING;
                a look-alike that lists no files yet -> wait for it (never post again
                meanwhile; an operator may discard the file); no candidate for the whole
-               grace period -> QUEUED (post again)
+               grace period -> QUEUED (post again), or FINISHING(failed) when Canvas
+               answered ``SERVER_ERROR_TRIES`` posts of it with HTTP 500
     RUNNING    follow the import to its final state, or a fresh answer past max_wait
                -> FINISHING (timeout)
     FINISHING  errors file, sidecar, the move into done/ or failed/ -> DONE / FAILED
 
-A refusal is classified by Canvas's answer and a probe of the account: one about this
-file (an unknown term...) fails it after ``REFUSAL_TRIES`` tries; one about the account
-(``blocked``: a token refused, SIS imports disabled, no such root account) keeps every
-file in order, logged and alerted once, and logged again when it clears. A 401 never
-sends a file to failed/. Every transition names the state it expects: a record an
-operator moved meanwhile (``lifecycle.Conflict``) is simply looked at again.
+A refusal is classified by Canvas's answer and a probe of the account (``trouble``): one
+about this file (an unknown term...) fails it after ``REFUSAL_TRIES`` tries; one about the
+account (``blocked``: a token refused, SIS imports disabled, no such root account) keeps
+every file in order, logged and alerted once, and logged again when it clears. A 401 never
+sends a file to failed/. A post answered HTTP 500 is looked for in Canvas's list like any
+lost answer; once that happened ``SERVER_ERROR_TRIES`` times with no import found (an import
+type this Canvas lacks...), the file fails instead of being posted again. Every transition
+names the state it expects: a record an operator moved meanwhile (``lifecycle.Conflict``)
+is simply looked at again.
 
 Every step is journaled before its effect, so a SIGKILL at any instant resumes at the
 right step: the record says what may already have happened, never less. Files arrive
@@ -63,11 +67,11 @@ from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import ACTIVE, Conflict, State
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
-from sisdropd.trouble import Trouble
+from sisdropd.preflight.params import config_warnings
+from sisdropd.trouble import REFUSAL_TRIES as REFUSAL_TRIES
+from sisdropd.trouble import SERVER_ERROR_TRIES, Trouble
 
 IDLE_WAKE = 5.0  # seconds: the loop wakes at least this often, so a watchdog sees it alive
-REFUSAL_TRIES = 3  # a refusal about one file fails it after this many posts...
-REFUSAL_SPACING = 30.0  # ...this many seconds apart at most (retry_max when smaller): about a minute
 
 
 class Worker:
@@ -93,7 +97,7 @@ class Worker:
         # How long a post that got no answer may still be turning into an import at Canvas.
         self.post_grace = 2 * c.timeout
         self.patience = 2 * c.timeout  # how long one step retries a request before it yields
-        self.refusal_spacing = min(REFUSAL_SPACING, c.retry_max)
+        self.refusal_spacing = self.trouble.refusal_spacing
         self._user: tuple[int, int] | None = None  # (token epoch, its Canvas user id)
         self._alerted: set[tuple[int, str]] = set()
         self.current: FileRecord | None = None
@@ -102,6 +106,8 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         """Work until ``stop`` is set (the daemon's worker thread)."""
+        for warning in config_warnings(self.cfg.import_params, [r.import_params for r in self.cfg.rules]):
+            logger.warning("config: {}", warning)  # as `check` says it: an import type Canvas may not have
         while not self.stop.is_set():
             self.last_step = time.monotonic()
             rec = self.journal.next_queued()
@@ -212,10 +218,11 @@ class Worker:
             members = [[m.basename, m.size] for m in report.members] if report is not None and report.kind == "zip" else None
             checked: dict[str, Any] = {} if report is None else {"counts": report.counts, "sha256": report.sha256}
             upload = importer.upload_name(rec.original_name)
+            # next_attempt 0 while the request may be on the wire: an operator's discard tells it so.
             posting_rec = self.journal.transition(
                 rec.id, State.POSTING, "posting", expect=State.QUEUED, upload_name=upload, members=members,
                 size=out.size, post_started=time.time(), attempts=rec.attempts + 1, import_params=params,
-                post_user_id=user_id, waiting_for=None, absent_since=None, **checked,
+                post_user_id=user_id, waiting_for=None, absent_since=None, next_attempt=0, **checked,
             )
             crashpoint("before_post")
             self._post(posting_rec, out, params, judged_as=rec)
@@ -327,7 +334,7 @@ class Worker:
             return
         except (TokenRejected, Forbidden, NotFound, Refused) as e:
             # Canvas refused before it queued anything: the post did not happen (§2.4).
-            self._refused(rec, e, params)
+            self.trouble.refused(rec, e, params)
             return
         except NotSent as e:
             report = out.finish_check()  # a check cut short with the request: finished here
@@ -347,9 +354,10 @@ class Worker:
             return
         except (Retryable, OSError) as e:
             delay = min(self.cfg.canvas.retry_max, self.cfg.canvas.retry_initial)
-            log.warning("post failed ({}); Canvas may have the import: checking its list before posting again", getattr(e, "message", e))
+            n, note = self.trouble.server_error(rec, e, params)
+            log.warning("post failed ({}); Canvas may have the import: checking its list before posting again{}", getattr(e, "message", e), note)
             self.client.retries[getattr(e, "cause", "network")] += 1
-            self.journal.update(rec.id, expect=State.POSTING, next_attempt=time.time() + delay * 0.2, last_error=str(e)[:500])
+            self.journal.update(rec.id, expect=State.POSTING, next_attempt=time.time() + delay * 0.2, last_error=str(e)[:500], refusals=n)
             return
         crashpoint("posted")
         import_id = int(imp["id"])
@@ -362,40 +370,6 @@ class Worker:
         self.throttle_backoff.reset()
         self.trouble.cleared()
         crashpoint("running")
-
-    def _refused(self, rec: FileRecord, e: CanvasError, params: dict[str, Any]) -> None:
-        """Canvas said no to a post: about the account (keep every file, blocked) or this file
-        (fail it after REFUSAL_TRIES); the probe of the account tells which. A 401 is never
-        the file's doing."""
-        log = self._log(rec)
-        refusal: CanvasError | None = e
-        if not isinstance(e, TokenRejected):
-            try:
-                refusal = importer.probe_account(self.client, log=log, patience=self.patience)
-            except Retryable as r:
-                rec = self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}", expect=State.POSTING)
-                self.trouble.canvas(rec, r)
-                return
-        if refusal is not None:
-            rec = self.journal.transition(rec.id, State.QUEUED, f"not posted: {e.cause}", expect=State.POSTING, refusals=0)
-            self.trouble.block(rec, refusal)
-            return
-        self.trouble.cleared()
-        tries = rec.refusals + 1
-        reason = importer.file_refusal(e, params)
-        if tries >= REFUSAL_TRIES:
-            reason += f"; refused {tries} times while the account answers: it is about this file"
-            log.error("not posted: {}", reason)
-            outcome.fail(self.journal, rec.id, "refused", reason, expect=State.POSTING, refusals=tries)
-            return
-        log.warning(
-            "Canvas refused the post ({}) while the account answers: this file may be at fault; try {} of {} in {:.0f}s",
-            e.message, tries, REFUSAL_TRIES, self.refusal_spacing,
-        )
-        self.journal.transition(
-            rec.id, State.QUEUED, f"refused by Canvas (try {tries} of {REFUSAL_TRIES})", expect=State.POSTING,
-            refusals=tries, next_attempt=time.time() + self.refusal_spacing, last_error=e.message[:500],
-        )
 
     # POSTING ----------------------------------------------------------------------------
     def _resolve_post(self, rec: FileRecord) -> None:
@@ -421,7 +395,7 @@ class Worker:
             rec = self.journal.transition(
                 rec.id, State.RUNNING, "found in Canvas's list", expect=State.POSTING, import_id=int(imp["id"]),
                 workflow_state=imp.get("workflow_state"), progress=imp.get("progress"),
-                posted_at=imp.get("created_at") or utcnow(), waiting_for=None, absent_since=None,
+                posted_at=imp.get("created_at") or utcnow(), waiting_for=None, absent_since=None, refusals=0,
             )
             self._log(rec).info("the earlier post reached Canvas as import {}: following it, not posting again", imp["id"])
             return
@@ -446,6 +420,9 @@ class Worker:
             # shows up only when it finishes: "absent" counts once it holds a while later.
             log.info("Canvas shows no import of the earlier post yet; looking again in {:.0f}s before posting again", since + self.post_grace - now)
             self.journal.update(rec.id, expect=State.POSTING, waiting_for=None, absent_since=since, next_attempt=since + self.post_grace)
+            return
+        if rec.refusals >= SERVER_ERROR_TRIES:  # answered 500 each time, and the list answers: the file's doing
+            self.trouble.server_errors(rec)
             return
         delay = Backoff(self.cfg.canvas.retry_initial, self.cfg.canvas.retry_max, attempt=max(0, rec.attempts - 1)).next()
         log.info("Canvas has no import of the earlier post: posting again in {:.0f}s", delay)

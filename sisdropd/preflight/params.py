@@ -2,13 +2,16 @@
 
 Light on purpose (no CSV, zip or XML machinery): ``sisdropd.config`` imports it for every
 command to check the [import] table and each [[rules]] entry before anything is posted.
-The rules come from ../shared/reference/canvas-sis-api.md sections 2.1 and 2.4; beside
+The rules come from ../shared/reference/canvas-sis-api.md sections 2.1, 2.4 and 7; beside
 them, ``sisformat`` holds the SIS CSV type table of section 10.
+
+Two lists: ``check_import_params``'s mistakes (the config is refused) and
+``import_param_warnings``'s doubts, for what a plugin may make right (said, never refused).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 _BOOLEANS = (
     "batch_mode",
@@ -37,6 +40,10 @@ IMPORT_PARAMS: tuple[str, ...] = (
     "diff_row_count_threshold",
 )
 """Canvas's create parameters that [import] may set (all but the ``attachment`` itself)."""
+
+
+#: The one import type stock Canvas has; a plugin (or Instructure's hosting) may add others (section 2.1).
+STOCK_IMPORT_TYPE = "instructure_csv"
 
 
 def _is_int(value: object) -> bool:
@@ -121,3 +128,28 @@ def check_import_params(params: Mapping[str, object]) -> list[str]:
     return out
 
 
+def import_param_warnings(params: Mapping[str, object]) -> list[str]:
+    """What in the [import] table stock Canvas would not take, but a plugin might: warnings,
+    never refusals (``check_import_params`` has those), each starting ``import.<key>:``.
+
+    An ``import_type`` other than ``instructure_csv`` (a typo, or a plugin's type): stock
+    Canvas answers HTTP 500 to a create with a type it does not have (section 7), and the
+    daemon fails such a file only after a few posts. Never raises.
+    """
+    itype = params.get("import_type", STOCK_IMPORT_TYPE)
+    if isinstance(itype, str) and itype.strip() and itype != STOCK_IMPORT_TYPE:
+        return [
+            f"import.import_type: {itype!r} is not stock Canvas's type ({STOCK_IMPORT_TYPE}): Canvas answers "
+            "HTTP 500 to a type it does not have (fine if this Canvas adds it: a plugin, or Instructure's hosting for ims_xml)"
+        ]
+    return []
+
+
+def config_warnings(import_params: Mapping[str, object], rules: Iterable[Mapping[str, object]] = ()) -> list[str]:
+    """``import_param_warnings`` for the [import] table and each [[rules]] entry's own
+    ``import`` table (``rules[<i>]: import.<key>: ...``), for ``check`` and the like."""
+    out = import_param_warnings(import_params)
+    for i, params in enumerate(rules):
+        if "import_type" in params:  # else [import]'s, said once above
+            out += [f"rules[{i}]: {w}" for w in import_param_warnings(params)]
+    return out
