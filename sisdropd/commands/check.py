@@ -26,6 +26,7 @@ from sisdropd.errors import StartupError
 from sisdropd.folders import Folders, journal_file
 from sisdropd.journal import Journal, JournalError
 from sisdropd.logs import add_secret
+from sisdropd.preflight.params import config_warnings
 from sisdropd.proxy import proxy_for
 
 
@@ -43,6 +44,8 @@ def check(path: Path) -> int:
             say(f"problem: config: {p}")
         return 1
     say(f"ok: config {path}")
+    for w in config_warnings(cfg.import_params, [r.import_params for r in cfg.rules]):
+        say(f"warning: config: {w}")  # an import type Canvas may not have: its answer is a 500
     folders = Folders.of(cfg)
     for name, folder in folders.items():
         probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))

@@ -10,11 +10,18 @@ from pathlib import Path
 from sisdropd import posting, preflight
 from sisdropd.commands import say
 from sisdropd.config import Config, load, resolve_path
+from sisdropd.preflight.params import config_warnings, import_param_warnings
 
 
 def main(args: argparse.Namespace) -> int:
     path = resolve_path(args.config)
     cfg = load(path) if args.config or path.exists() else None
+    # An import type stock Canvas lacks passes the check but gets Canvas's HTTP 500: said first.
+    warnings = [f"config: {w}" for w in config_warnings(cfg.import_params, [r.import_params for r in cfg.rules])] if cfg else []
+    if args.import_type:
+        warnings += [w.replace("import.import_type", "--import-type", 1) for w in import_param_warnings({"import_type": args.import_type})]
+    for w in warnings:
+        say(f"warning: {w}")
     return validate_files([Path(f) for f in args.files], lambda file: rules_for(cfg, file, args.import_type))
 
 

@@ -60,3 +60,20 @@ def test_validate_with_a_config_checks_content_only_when_watch_validate_is_on(
     assert code == 1 and any("header" in line for line in lines), lines
     code, lines = run(capsys, "-c", str(config(watch={"validate": False})), "validate", str(f))
     assert code == 0 and lines == [f"{f}: ok (csv: no rows)"]
+
+
+def test_validate_and_check_warn_of_an_import_type_stock_canvas_lacks(
+    tmp_path: Path, config: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in import_type passes the check, and Canvas answers its post with HTTP 500:
+    validate and check say so before anything is posted (a warning: a plugin may add types)."""
+    (tmp_path / "users.csv").write_text(USERS)
+    cfg = config(**{"import": {"import_type": "instructure_csvv"}})
+    code, lines = run(capsys, "validate", "-c", str(cfg), str(tmp_path / "users.csv"))
+    assert code == 0, lines
+    assert lines[0].startswith("warning: config: import.import_type: 'instructure_csvv' is not stock Canvas's type"), lines
+    assert "HTTP 500" in lines[0] and lines[1].endswith("users.csv: ok (csv: users 2)"), lines
+    code, lines = run(capsys, "check", "-c", str(cfg))
+    assert any(x.startswith("warning: config: import.import_type: 'instructure_csvv'") for x in lines), lines
+    code, lines = run(capsys, "validate", "--import-type", "instructure_csv", str(tmp_path / "users.csv"))
+    assert code == 0 and not [x for x in lines if x.startswith("warning")], lines
