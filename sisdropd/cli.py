@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sisdropd import __version__, linelog
+from sisdropd import __version__
 from sisdropd.commands import EXIT_OK, EXIT_USAGE, err
 from sisdropd.config import ConfigError, TokenError
 from sisdropd.errors import StartupError
@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = args.config or args.global_config
     module, _, function = args.target.partition(":")
     if args.command not in OWN_LOGGING:
+        from sisdropd import linelog  # here: the quick commands' start-up does without it
+
         linelog.one_shot()
     try:
         command = getattr(importlib.import_module(f"sisdropd.commands.{module}"), function or "main")

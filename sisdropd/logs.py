@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 import threading
@@ -144,24 +143,29 @@ def _json_journald_format(_record: Record) -> str:
     return "<{extra[priority]}>{extra[json]}\n"
 
 
-class _FromLogging(logging.Handler):
+def _bridge_logging() -> None:
     """Warnings and errors of libraries that use the standard ``logging`` (watchdog: "Inotify
-    queue overflowed; filesystem events were lost") as our own lines: formatted, escaped,
-    redacted and leveled like every other, instead of bare text on stderr."""
+    queue overflowed; filesystem events were lost") become our own lines: formatted, escaped,
+    redacted and leveled like every other, instead of bare text on stderr (``lastResort``).
+    Imported here, not at the top: the quick commands' start-up does without ``logging``."""
+    import logging
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level: str | int = logger.level(record.levelname).name
-        except ValueError:
-            level = record.levelno
-        logger.log(level, "{}: {}", record.name, record.getMessage())
+    class FromLogging(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                level: str | int = logger.level(record.levelname).name
+            except ValueError:
+                level = record.levelno
+            logger.log(level, "{}: {}", record.name, record.getMessage())
+
+    root = logging.getLogger()
+    if not any(type(h).__name__ == "FromLogging" and type(h).__module__ == __name__ for h in root.handlers):
+        root.addHandler(FromLogging(logging.WARNING))
 
 
 def setup(cfg: LogConfig | None = None, *, stream: Any = None) -> None:
     """Install the sinks for ``cfg`` (defaults: INFO, text, stderr only). Idempotent."""
-    root = logging.getLogger()
-    if not any(isinstance(h, _FromLogging) for h in root.handlers):
-        root.addHandler(_FromLogging(logging.WARNING))  # and no more bare lines from lastResort
+    _bridge_logging()
     logger.remove()
     _file_sink.clear()
     _installed.update(cfg=cfg, stream=stream)
