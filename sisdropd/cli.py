@@ -66,7 +66,18 @@ def _submit(sp: argparse.ArgumentParser) -> None:
 def _status(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("id", nargs="?", type=int, metavar="ID", help="a Canvas SIS import id")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.add_argument("--last", type=int, default=10, metavar="N", help="how many recent outcomes (default 10)")
+    sp.add_argument("--last", type=_count, default=10, metavar="N", help="how many recent outcomes (default 10)")
+
+
+def _count(text: str) -> int:
+    """A whole number 1 or more (``--last -3`` listed every outcome: SQLite's LIMIT -3)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
 
 
 def _validate(sp: argparse.ArgumentParser) -> None:

@@ -498,6 +498,8 @@ class Journal:
         ``lifecycle.TransitionError`` if the move is not allowed, ``KeyError`` if there is
         no such row. Returns the updated record.
         """
+        if new is State.LOST and note:
+            fields.setdefault("outcome_reason", note)  # what status shows of a closed record
         expected = {expect} if isinstance(expect, State) else set(expect)
         cols, vals = self._encode(fields)
         with self.tx() as db:

@@ -75,6 +75,9 @@ def _record_json(r: FileRecord) -> dict[str, Any]:
     }
 
 
+QUEUED_SHOWN = 20  # a backlog of thousands is a count and its head, not a screenful per file
+
+
 def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> int:
     """Print the queue, the import in flight and the last outcomes from the journal."""
     state_dir = cfg.folders.path("state_dir")
@@ -120,9 +123,11 @@ def journal_status(cfg: Config, *, as_json: bool = False, limit: int = 10) -> in
     if paused:
         say("PAUSED: no new files are taken (sisdropd resume)")
     say(f"queued: {len(queued)}")
-    for r in queued:
+    for r in queued[:QUEUED_SHOWN]:  # in the order they will be posted
         wait = f" (next try in {_duration(r.next_attempt - time.time())}: {r.last_error})" if r.next_attempt > time.time() else ""
         say(f"  {r.original_name}  {r.size or 0} bytes  waiting {_age(r.taken_at)}{wait}")
+    if len(queued) > QUEUED_SHOWN:
+        say(f"  ... and {len(queued) - QUEUED_SHOWN} more (sisdropd status --json lists every one)")
     if active:
         r = active[0]
         say(

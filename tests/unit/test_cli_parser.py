@@ -90,3 +90,11 @@ def test_an_extra_argument_is_the_commands_usage_error(argv: list[str], capsys) 
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert err.startswith("usage: sisdropd submit [-h]") and "sisdropd submit: error: unrecognized arguments: b.csv" in err, err
+
+
+@pytest.mark.parametrize("value, why", [("-3", "must be 1 or more, not -3"), ("0", "must be 1 or more, not 0"), ("x", "not a whole number: 'x'")])
+def test_status_last_takes_a_count_of_one_or_more(value: str, why: str, capsys) -> None:
+    """``status --last -3`` listed every outcome (SQLite's LIMIT -3 is no limit)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["status", "--last", value])
+    assert e.value.code == 2 and f"argument --last: {why}" in capsys.readouterr().err

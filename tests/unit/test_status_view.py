@@ -64,3 +64,23 @@ def test_the_journal_unreadable_advice_follows_the_cause(tmp_path: Path) -> None
     os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
     theirs = unreadable(path, sqlite3.OperationalError("unable to open database file"))
     assert f"{path} belongs to nobody" in theirs and "sudo -u nobody sisdropd" in theirs
+
+
+def test_a_long_queue_shows_its_head_and_a_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """3,000 queued files are one count, the next 20 to be posted and "... and 2980 more";
+    --json still lists every one."""
+    cfg = _cfg(tmp_path)
+    j = Journal(cfg.folders.path("state_dir"))
+    try:
+        for i in range(3000):
+            j.add(original_name=f"f{i:04}.csv", stored_name=f"s-f{i:04}.csv", size=1, mtime=i)
+    finally:
+        j.close()
+    assert journal_status(cfg) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "queued: 3000" in lines
+    shown = [x for x in lines if x.startswith("  f")]
+    assert [x.split()[0] for x in shown] == [f"f{i:04}.csv" for i in range(20)]
+    assert "  ... and 2980 more (sisdropd status --json lists every one)" in lines
+    assert journal_status(cfg, as_json=True) == 0
+    assert len(json.loads(capsys.readouterr().out)["queued"]) == 3000

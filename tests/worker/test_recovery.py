@@ -49,6 +49,7 @@ def test_an_open_record_whose_file_vanished_is_closed_as_lost(rig: Rig) -> None:
     recover(rig)
     assert rig.events(fid)[-1] == ("queued", "lost", "file vanished from processing/")
     assert rig.worker.drain(1) and rig.sim.imports() == []
+    assert rig.record(fid).outcome_reason == "file vanished from processing/"  # status shows why
 
 
 def test_a_move_done_but_not_journaled_is_completed(rig: Rig) -> None:
