@@ -34,6 +34,7 @@ from sisdropd.folders import Folders, readable, stored_name
 from sisdropd.journal import Journal
 from sisdropd.lifecycle import State
 from sisdropd.logs import event as log_event
+from sisdropd.preflight.files import file_kind
 
 TEMP_SUFFIXES = (".part", ".filepart", ".tmp", ".partial")
 
@@ -121,8 +122,10 @@ class Intake:
         fsync_dir(dest.parent)
         crashpoint("claimed")
         file_id = self.journal.add(original_name=name, stored_name=stored, size=st.st_size, mtime=st.st_mtime)
-        kind = "" if stat.S_ISREG(st.st_mode) else " (not a regular file)"
-        log_event(name).info("taken{}: {} bytes -> processing/{}", kind, st.st_size, stored)
+        if stat.S_ISREG(st.st_mode):
+            log_event(name).info("taken: {} bytes -> processing/{}", st.st_size, stored)
+        else:  # a link's or a FIFO's own size says nothing of a file: none is given
+            log_event(name).info("taken ({}, not a regular file) -> processing/{}", file_kind(st.st_mode), stored)
         if truncated:
             reason = f"looks truncated ({truncated}) and did not change for {self.cfg.watch.truncated_after:g}s"
             log_event(name).error("{}: not posted", reason)

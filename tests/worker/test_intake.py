@@ -90,7 +90,7 @@ def test_an_entry_deleted_before_it_is_taken_is_no_error(rig: Rig) -> None:
     assert rig.intake.take(path, st) == Taken.TAKEN and rig.journal.select() == []
 
 
-def test_a_symbolic_link_is_moved_not_followed_and_never_posted(rig: Rig, tmp_path) -> None:
+def test_a_symbolic_link_is_moved_not_followed_and_never_posted(rig: Rig, tmp_path, log) -> None:
     secret = tmp_path / "secret.csv"
     secret.write_text(USERS)
     os.symlink(secret, rig.folders.inbox / "link.csv")
@@ -100,6 +100,9 @@ def test_a_symbolic_link_is_moved_not_followed_and_never_posted(rig: Rig, tmp_pa
     path, side = rig.finished(rec.id)
     assert rig.record(rec.id).state == State.FAILED and path.is_symlink() and "symbolic link" in side["reason"]
     assert side["sha256"] is None and secret.read_text() == USERS and rig.sim.imports() == []
+    # The log names what it is, and gives no size: a link's own (its target's path) is no file's.
+    [line] = [x for x in log.getvalue().splitlines() if "link.csv: taken" in x]
+    assert "taken (a symbolic link, not a regular file) -> processing/" in line and "bytes" not in line, line
 
 
 def test_the_same_name_dropped_twice_never_overwrites(rig: Rig) -> None:
