@@ -42,6 +42,9 @@ def _header_hint(row: list[str], first_line: str) -> str:
         return "the file is a zip archive or an Excel workbook, not CSV text"
     if first_line[:2] in ("\udcff\udcfe", "\udcfe\udcff"):
         return "the file is UTF-16 text; save it as CSV UTF-8"
+    odd = sum(1 for c in first_line if "\udc80" <= c <= "\udcff" or (c < " " and c not in "\t\r\n"))
+    if first_line and odd * 10 > len(first_line):  # a tenth of its first line is no text at all
+        return "the file does not look like text: is it a CSV at all?"
     if len(row) == 1:
         for sep, sep_name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
             if sep in row[0]:

@@ -99,6 +99,19 @@ def test_unrecognised_header_hints_at_what_it_looks_closest_to(tmp_path, header,
     assert hint in problem.message
 
 
+def test_binary_bytes_named_csv_are_said_not_to_look_like_text(tmp_path):
+    """Random bytes hold tabs and semicolons too: the hint is that it is no text, not that its
+    columns are separated by tabs."""
+    import random
+
+    data = random.Random(7).randbytes(3000)
+    report = check_path(write(tmp_path, "b.csv", data))
+    header = only([p for p in report.problems if "Couldn't find Canvas CSV import headers" in p.message]).message
+    assert header.endswith("(the file does not look like text: is it a CSV at all?)"), header
+    latin = check_path(write(tmp_path, "l.csv", "user_id;login_id;prénom\n1;2;3\n".encode("latin-1")))
+    assert any("separated by semicolons" in p.message for p in latin.problems)  # one odd byte is still text
+
+
 def test_undecodable_header_is_invalid_utf8_on_line_1_and_unrecognised(tmp_path):
     report = check_path(write(tmp_path, "u.csv", USERS.encode("utf-16")))
     text = messages(report.problems)
