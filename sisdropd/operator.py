@@ -372,7 +372,7 @@ def _ask_final(journal: Journal, rec: FileRecord, client: CanvasClient, timeout:
         journal.update(rec.id, expect=State.FAILED, workflow_state=state)
         return None
     return (
-        f"import {rec.import_id} of {rec.original_name} is still {state} in Canvas: posting the file again now "
+        f"import {rec.import_id} of {rec.original_name} is still running in Canvas (state {state!r}): posting the file again now "
         f"could apply it twice, out of order. Wait until it ends (sisdropd status {rec.import_id}), "
         f"or stop it with `sisdropd abort {rec.original_name}`"
     )

@@ -71,7 +71,7 @@ def test_retry_refuses_while_canvas_may_still_run_the_import(make_rig: Callable[
     assert rec.state == State.FAILED and "Canvas may still run the import" in (rec.outcome_reason or "")
     failed = rig.folders.failed / rec.stored_name
     result = operator.retry(rig.cfg, rig.journal, rig.folders, "users.csv", who="ops", client=lambda: rig.client)
-    assert not result.ok and f"import {rec.import_id} of users.csv is still importing in Canvas" in result.message
+    assert not result.ok and f"import {rec.import_id} of users.csv is still running in Canvas (state 'importing')" in result.message
     assert "sisdropd abort users.csv" in result.message
     assert rig.record(fid).state == State.FAILED and failed.exists() and len(rig.sim.imports()) == 1
     aborted = operator.abort(rig.journal, rig.client, 5, name="users.csv")
