@@ -378,6 +378,44 @@ def _ask_final(journal: Journal, rec: FileRecord, client: CanvasClient, timeout:
     )
 
 
+def post_unclear(rec: FileRecord) -> bool:
+    """The record made a post whose import Canvas may hold without our knowing it: discarded
+    while its answer was unclear or while it waited for a look-alike import, or failed after
+    Canvas's server errors. Its post details (``upload_name``, ``post_started``) are kept."""
+    return rec.import_id is None and bool(rec.upload_name) and rec.post_started is not None
+
+
+def _ask_posted(journal: Journal, rec: FileRecord, client: CanvasClient, timeout: float) -> str | None:
+    """None when Canvas's list shows no import of ``rec``'s last post (or one that has ended,
+    recorded), else why the file must not be posted again now, in words."""
+    assert rec.post_started is not None
+    try:
+        verdict, imp = importer.find_posted(
+            client, upload=rec.upload_name or "", members=rec.members, size=rec.size,
+            post_started=rec.post_started, post_user_id=rec.post_user_id,
+            exclude=journal.known_import_ids(), deadline=time.time() + timeout,
+        )
+    except CanvasError as e:
+        return f"cannot ask Canvas whether the last post of {rec.original_name} made an import ({e.message}): not retried"
+    if verdict == "absent" or imp is None:
+        return None
+    if verdict == "found":
+        journal.update(rec.id, expect=State.FAILED, import_id=int(imp["id"]), workflow_state=imp.get("workflow_state"))
+        rec = journal.get(rec.id)
+        if importer.is_final(rec.workflow_state):
+            return None  # ended: retry judges it by its state, as any other import of the record
+        return (
+            f"the last post of {rec.original_name} reached Canvas as import {rec.import_id}, still running (state "
+            f"{rec.workflow_state!r}): posting the file again now could apply it twice. Wait until it ends "
+            f"(sisdropd status {rec.import_id}), or stop it with `sisdropd abort {rec.original_name}`"
+        )
+    return (
+        f"Canvas lists import {imp.get('id')} without its files yet ({imp.get('workflow_state')}): it may be the last "
+        f"post of {rec.original_name}, so the file is not posted again until it lists them or ends "
+        f"(sisdropd status {imp.get('id')})"
+    )
+
+
 def retry(
     cfg: Config, journal: Journal, folders: Folders, name: str, who: str,
     client: Callable[[], CanvasClient] | None = None,
@@ -385,7 +423,9 @@ def retry(
     """A file in failed/ goes back to the queue under a new name; its old sidecar stays.
 
     A file whose import Canvas may still run (a timeout without an abort) is retried only
-    once Canvas says that import has ended: ``client`` makes the client to ask with.
+    once Canvas says that import has ended; one whose last post may have reached Canvas
+    unseen (``post_unclear``) only once Canvas's list shows no running import of it.
+    ``client`` makes the client to ask with.
     """
     rec = _find(journal, name, {State.FAILED}, "retry")
     if rec is None:
@@ -393,6 +433,13 @@ def retry(
     done = f"retrying: {rec.original_name} is queued (its old sidecar stays in failed/)"
     if (settled := _settled(cfg, journal, folders, rec, done)) is not None:
         return settled
+    if post_unclear(rec):  # Canvas may hold an import of its last post: look before posting again
+        if client is None:
+            return Result(False, f"the last post of {rec.original_name} may have reached Canvas: not retried")
+        why = _ask_posted(journal, rec, client(), cfg.canvas.timeout)
+        if why is not None:
+            return Result(False, why)
+        rec = journal.get(rec.id)
     if may_still_run(rec):
         if client is None:
             return Result(False, f"import {rec.import_id} of {rec.original_name} may still run in Canvas: not retried")
@@ -400,6 +447,13 @@ def retry(
         if why is not None:
             return Result(False, why)
         rec = journal.get(rec.id)
+    if rec.import_id is not None and importer.is_final(rec.workflow_state) and importer.route(rec.workflow_state or "")[0] == State.DONE:
+        # Discarded or timed out while Canvas went on, and Canvas imported it: the operator
+        # asks for it again knowingly, and is told.
+        done = (
+            f"retrying: {rec.original_name} is queued, though its import {rec.import_id} ended {rec.workflow_state} "
+            "in Canvas: this posts the file again (its old sidecar stays in failed/)"
+        )
     new = stored_name(rec.original_name)
     if rec.import_id:
         journal.retire_import_id(rec.import_id)  # never mistaken for the new post's import

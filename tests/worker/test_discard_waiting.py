@@ -107,3 +107,39 @@ def test_discard_never_takes_a_file_whose_post_is_on_the_wire(make_rig: Callable
     )
     rig.drain()
     assert rig.record(fid).state == State.DONE and len(rig.sim.imports()) == 1
+
+
+def test_a_file_discarded_while_its_answer_was_lost_is_looked_for_before_a_retry(make_rig: Callable[..., Rig]) -> None:
+    """Discard, then retry, of a file whose post Canvas did receive (its answer lost, the list
+    not yet looked at): the retry looks in Canvas's list first and refuses while that import
+    may still run (as after a timeout); once it has ended, a retry says what it does."""
+    rig = make_rig(canvas={"timeout": 1})
+    rig.sim.set_timing(import_seconds=3.0)
+    rig.sim.inject("drop_after", method="POST", path="sis_imports$")
+    fid = rig.drop("users.csv", USERS)
+    rig.worker.step(rig.record(fid))
+    assert rig.record(fid).state == State.POSTING and rig.posts() == 1
+    assert discard(rig, "users.csv").ok and rig.record(fid).state == State.FAILED
+
+    def retry() -> operator.Result:
+        journal = Journal(rig.folders.state_dir)
+        try:
+            return operator.retry(rig.cfg, journal, rig.folders, "users.csv", who="ops", client=lambda: rig.client)
+        finally:
+            journal.close()
+
+    [imp] = rig.sim.imports()
+    first = retry()  # Canvas is still unpacking the upload: no files listed yet, maybe ours
+    assert not first.ok and f"Canvas lists import {imp['id']} without its files yet" in first.message, first.message
+
+    def refused_as_running() -> str | None:
+        message = retry().message
+        return message if "still running" in message else None
+
+    running = wait_for(refused_as_running, 10, what="the files listed")
+    assert f"reached Canvas as import {imp['id']}, still running" in running, running
+    assert rig.record(fid).import_id == imp["id"] and rig.record(fid).state == State.FAILED
+    assert rig.sim.wait_all_final(10)
+    second = retry()  # it ended imported: a retry now is asked knowingly, and says so
+    assert second.ok and f"though its import {imp['id']} ended imported in Canvas: this posts the file again" in second.message, second.message
+    assert rig.posts() == 1 and len(rig.sim.imports()) == 1  # nothing was posted behind the operator's back
