@@ -74,6 +74,9 @@ def recover(
         if found is None:
             continue
         name, st = found
+        if name in known:  # renamed onto a name already taken here (one file, two names after a crash)
+            continue
+        known.add(name)
         claimed = taken_at(name) or st.st_ctime
         if claimed < created - CLAIM_SLACK:
             orphans.append((name, st, claimed))
@@ -117,7 +120,10 @@ def _unrecorded(folders: Folders, entry: os.DirEntry[str]) -> tuple[str, os.stat
         return None
     name = readable(entry.name)
     if name != entry.name:
-        move(folders.processing / entry.name, folders.processing / name)
+        src = folders.processing / entry.name
+        # A copy left at the new name by a crash mid-move is the same bytes: finish the move.
+        expect = (st.st_size, sha256_or_none(src)) if stat.S_ISREG(st.st_mode) else None
+        move(src, folders.processing / name, expect=expect)
         log_event(original_name(name)).warning("its name in processing/ was not UTF-8: renamed to {}", name)
     return name, st
 

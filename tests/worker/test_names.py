@@ -93,6 +93,25 @@ def test_a_file_left_in_processing_under_a_name_that_is_not_utf8_is_renamed_and_
     assert side["original_name"] == "bad%FF%FEname.csv" and len(rig.sim.imports()) == 1
 
 
+@pytest.mark.parametrize("left", ["hard link", "copy"])
+def test_a_rename_cut_short_by_a_crash_leaves_one_file_posted_once(rig: Rig, left: str) -> None:
+    """The start-up rename of such a name, stopped by a crash half-way: both names on one
+    inode (between link and unlink), or a full copy at the new name (the copy fallback, before
+    the unlink). One record, one import, and nothing left to be taken again at a later start."""
+    old = old_claim(rig, b"bad\xff\xfename.csv")
+    new = old.with_name(old.name[: -len("bad\udcff\udcfename.csv")] + "bad%FF%FEname.csv")
+    if left == "hard link":
+        os.link(old, new)
+    else:
+        new.write_bytes(old.read_bytes())
+    for _ in range(2):  # and a later start finds nothing more to take
+        recovery.recover(rig.cfg, rig.journal, rig.folders, rig.client)
+        rig.drain()
+    [rec] = rig.journal.select()
+    assert rec.state == State.DONE and len(rig.sim.imports()) == 1
+    assert os.listdir(rig.folders.processing) == []
+
+
 def test_one_left_before_the_journal_was_lost_is_renamed_held_and_released_by_its_name(
     rig: Rig, capsys: pytest.CaptureFixture[str],
 ) -> None:
