@@ -46,7 +46,8 @@ REFUSAL_TRIES = 3  # a refusal about one file fails it after this many posts...
 REFUSAL_SPACING = 30.0  # ...this many seconds apart at most (retry_max when smaller): about a minute
 #: Posts answered HTTP 500 (each followed by a look in Canvas's list that answers and shows
 #: no import of it: that GET .../sis_imports runs the account's checks, as the probe of a
-#: refusal does, so the account answers) before the file goes to failed/. More than REFUSAL_TRIES: unlike a 4xx,
+#: refusal does, so the account answers) before the file goes to failed/ when its import
+#: type is not stock Canvas's (else the queue is said blocked: Canvas's fault, order kept). More than REFUSAL_TRIES: unlike a 4xx,
 #: a 500 is as often Canvas's own passing trouble (a deploy, its storage, a bug) as the
 #: file's (an import type this Canvas lacks). Each try first waits out the lost-post
 #: lookup's grace (2 x canvas.timeout), so five span at least 8 x timeout (8 minutes by
@@ -67,6 +68,7 @@ class Trouble:
         self.auth_backoff = Backoff(c.retry_initial, c.retry_max)  # the account is refused
         self.net_backoff = Backoff(c.retry_initial, c.retry_max)  # Canvas cannot be reached
         self.blocked: str | None = None  # why Canvas refuses the account, while it does
+        self.server_fault: str | None = None  # Canvas answers every post 500 (stock type), while it does
         self.token_epoch = 0  # bumped whenever the token is read again
         self.patience = 2 * c.timeout  # how long one step retries a request before it yields
         self.refusal_spacing = min(REFUSAL_SPACING, c.retry_max)
@@ -144,10 +146,12 @@ class Trouble:
         if not (isinstance(e, Retryable) and e.status == 500):
             return rec.refusals, ""
         n = rec.refusals + 1
-        doubt = "".join(f"; {w}" for w in import_param_warnings(params))
+        doubts = import_param_warnings(params)
+        then = "the last fails the file" if doubts else "past that the queue is said blocked, every file kept in order"
+        doubt = "".join(f"; {w}" for w in doubts)
         return n, (
-            f" (a 500 to this file's post, {n} of {SERVER_ERROR_TRIES}: with no import of it in the list, the last fails "
-            f"the file; `sisdropd discard {rec.original_name}` gives up on it now{doubt})"
+            f" (a 500 to this file's post, {n} of {SERVER_ERROR_TRIES}: with no import of it in the list, {then}; "
+            f"`sisdropd discard {rec.original_name}` gives up on it now{doubt})"
         )
 
     def server_errors(self, rec: FileRecord) -> None:
@@ -164,8 +168,27 @@ class Trouble:
         log_event(rec.original_name, rec.import_id).error("not posted: {}", reason)
         outcome.fail(self.journal, rec.id, "server errors", reason, expect=State.POSTING, where={"waiting_for": None})
 
-    def cleared(self) -> None:
-        """Canvas answered: a refusal of the account is over (said so), the backoffs start again."""
+    def server_blocked(self, rec: FileRecord) -> None:
+        """POSTING ``rec``'s post, of the stock import type, was answered HTTP 500 ``rec.refusals``
+        times while Canvas's list answers: a fault on Canvas's side (its storage, a deploy),
+        not the file's. Failing it would let newer files past it, and an older snapshot
+        retried after a newer one rolls Canvas back: every file waits, in order, said once
+        (log and a "blocked" alert) until a post gets through."""
+        what = f"Canvas answers HTTP 500 to every post of {rec.original_name} ({rec.refusals} so far) while its list answers: a fault on Canvas's side"
+        if self.server_fault is None:
+            self.server_fault = what
+            log_event(rec.original_name, rec.import_id).error(
+                "blocked: {}. Every file waits in the queue, in order, posted again after a growing wait "
+                "(`sisdropd discard {}` gives up on this one)", what, rec.original_name,
+            )
+            self.notify("blocked", rec, what)
+
+    def cleared(self, *, posted: bool = False) -> None:
+        """Canvas answered: a refusal of the account is over (said so), the backoffs start again;
+        a post got through (``posted``): Canvas's server errors are over too (said so)."""
+        if posted and self.server_fault is not None:
+            logger.info("unblocked: Canvas takes posts again (it answered: {}); the queue moves on", self.server_fault)
+            self.server_fault = None
         if self.blocked is not None:
             logger.info("unblocked: Canvas accepts the account again (it refused: {}); the queue moves on", self.blocked)
             self.blocked = None

@@ -67,7 +67,7 @@ from sisdropd.journal import FileRecord, Journal, utcnow
 from sisdropd.lifecycle import ACTIVE, Conflict, State
 from sisdropd.logs import event as log_event
 from sisdropd.notify import Notifier
-from sisdropd.preflight.params import config_warnings
+from sisdropd.preflight.params import config_warnings, import_param_warnings
 from sisdropd.trouble import REFUSAL_TRIES as REFUSAL_TRIES
 from sisdropd.trouble import SERVER_ERROR_TRIES, Trouble
 
@@ -368,7 +368,7 @@ class Worker:
         mbps = (rec.size or 0) / max(1e-6, time.monotonic() - started) / 1e6
         self._log(rec).info("posted: import {} ({}), {:.1f} MB/s", import_id, imp.get("workflow_state"), mbps)
         self.throttle_backoff.reset()
-        self.trouble.cleared()
+        self.trouble.cleared(posted=True)
         crashpoint("running")
 
     # POSTING ----------------------------------------------------------------------------
@@ -421,9 +421,11 @@ class Worker:
             log.info("Canvas shows no import of the earlier post yet; looking again in {:.0f}s before posting again", since + self.post_grace - now)
             self.journal.update(rec.id, expect=State.POSTING, waiting_for=None, absent_since=since, next_attempt=since + self.post_grace)
             return
-        if rec.refusals >= SERVER_ERROR_TRIES:  # answered 500 each time, and the list answers: the file's doing
-            self.trouble.server_errors(rec)
-            return
+        if rec.refusals >= SERVER_ERROR_TRIES:  # answered 500 each time while the list answers
+            if import_param_warnings(rec.import_params or {}):  # a type this Canvas may lack: the file's doing
+                self.trouble.server_errors(rec)
+                return
+            self.trouble.server_blocked(rec)  # stock: Canvas's own fault; every file waits, in order
         delay = Backoff(self.cfg.canvas.retry_initial, self.cfg.canvas.retry_max, attempt=max(0, rec.attempts - 1)).next()
         log.info("Canvas has no import of the earlier post: posting again in {:.0f}s", delay)
         self.journal.transition(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from sisdropd.lifecycle import State
 from sisdropd.trouble import SERVER_ERROR_TRIES
-from tests.support import USERS, Rig, wait_for
+from tests.support import USERS, Rig, alerts, recorder, wait_for
 
 TYPO = {"match": r"typo.*\.csv", "import": {"import_type": "instructure_csvv"}}
 
@@ -71,6 +71,31 @@ def test_a_single_500_to_a_post_costs_only_time(make_rig: Callable[..., Rig]) ->
     assert rec.state == State.DONE and len(rig.sim.imports()) == 1 and rec.refusals == 0
     assert [c for c in posts_and_lookups(rig) if c.startswith("POST")] == ["POST 500", "POST 200"]
 
+
+
+def test_repeated_500s_to_the_stock_type_block_the_queue_in_order_and_say_so_once(
+    make_rig: Callable[..., Rig], tmp_path, log
+) -> None:
+    """The stock import type answered 500 past SERVER_ERROR_TRIES while the list answers is
+    Canvas's fault (its storage, a deploy), not the file's: failing it would let the newer
+    file past, and a retry of the older one later would roll Canvas back. Every file waits,
+    in order; "blocked" is said once (log and alert), "unblocked" once a post gets through."""
+    argv, out = recorder(tmp_path)
+    rig = make_rig(canvas={"timeout": 0.5}, notify={"command": argv, "events": ["blocked", "failed"]})
+    rig.sim.inject("500", method="POST", count=SERVER_ERROR_TRIES + 2)
+    older = rig.drop("users.csv", USERS, mtime=1000)
+    newer = rig.drop("users2.csv", USERS.replace("u1", "u2"), mtime=2000)
+    rig.drain(60)
+    assert [rig.record(f).state for f in (older, newer)] == [State.DONE, State.DONE]
+    by_import = sorted((older, newer), key=lambda f: rig.record(f).import_id or 0)
+    assert by_import == [older, newer]  # the older snapshot first, as dropped
+    posts = [c for c in posts_and_lookups(rig) if c.startswith("POST")]
+    assert posts == ["POST 500"] * (SERVER_ERROR_TRIES + 2) + ["POST 200", "POST 200"]
+    text = log.getvalue()
+    assert text.count("blocked: Canvas answers HTTP 500 to every post of users.csv") == 1, text
+    assert text.count("unblocked: Canvas takes posts again") == 1
+    [alert] = wait_for(lambda: alerts(out, "blocked"), 10, what="one blocked alert")
+    assert "a fault on Canvas's side" in alert["reason"] and alerts(out, "failed") == []
 
 
 def test_the_worker_says_at_its_start_that_a_rule_s_import_type_is_not_stock_canvas_s(
