@@ -433,20 +433,22 @@ def retry(
     done = f"retrying: {rec.original_name} is queued (its old sidecar stays in failed/)"
     if (settled := _settled(cfg, journal, folders, rec, done)) is not None:
         return settled
-    if post_unclear(rec):  # Canvas may hold an import of its last post: look before posting again
+    # Canvas is asked first, with one client, whether posting again could apply the file twice:
+    # an import of its last post that nobody saw (the list), then one known still to run.
+    canvas: CanvasClient | None = None
+    for unclear, ask, unsure in (
+        (post_unclear, _ask_posted, "the last post of {r.original_name} may have reached Canvas"),
+        (may_still_run, _ask_final, "import {r.import_id} of {r.original_name} may still run in Canvas"),
+    ):
+        if not unclear(rec):
+            continue
         if client is None:
-            return Result(False, f"the last post of {rec.original_name} may have reached Canvas: not retried")
-        why = _ask_posted(journal, rec, client(), cfg.canvas.timeout)
+            return Result(False, f"{unsure.format(r=rec)}: not retried")
+        canvas = canvas or client()
+        why = ask(journal, rec, canvas, cfg.canvas.timeout)
         if why is not None:
             return Result(False, why)
-        rec = journal.get(rec.id)
-    if may_still_run(rec):
-        if client is None:
-            return Result(False, f"import {rec.import_id} of {rec.original_name} may still run in Canvas: not retried")
-        why = _ask_final(journal, rec, client(), cfg.canvas.timeout)
-        if why is not None:
-            return Result(False, why)
-        rec = journal.get(rec.id)
+        rec = journal.get(rec.id)  # what the answer recorded (the import found, its final state)
     if rec.import_id is not None and importer.is_final(rec.workflow_state) and importer.route(rec.workflow_state or "")[0] == State.DONE:
         # Discarded or timed out while Canvas went on, and Canvas imported it: the operator
         # asks for it again knowingly, and is told.
