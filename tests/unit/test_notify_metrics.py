@@ -216,15 +216,15 @@ def test_hanging_command_is_killed_and_send_never_waits(
     n = Notifier(NotifyConfig(command=(sys.executable, str(script), str(out), "hang"), timeout=1.0))
     t0 = time.monotonic()
     n.send("stale", {"file": None, "reason": "no new file for 2 days"})
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 0.5  # the command hangs; its 1 s timeout is not waited
     wait_for(
         lambda: pids.exists() and pids.read_text().endswith("\n"), 5, what="the command to start"
     )
     t1 = time.monotonic()
     n.send("failed", PAYLOAD)  # the first command is sleeping now
-    assert time.monotonic() - t1 < 0.1
+    assert time.monotonic() - t1 < 0.5
     wait_for(lambda: n.failures == 2, 8, what="both commands to be killed")
-    assert time.monotonic() - t0 < 2.9  # two 1 s timeouts, not two 3 s sleeps
+    assert time.monotonic() - t0 < 5  # two 1 s timeouts, not two 3 s sleeps (6 s)
     n.close()
     assert n.delivered == 0 and not out.exists()
     for line in pids.read_text().splitlines():
@@ -281,7 +281,7 @@ def test_webhook_answering_500_is_retried_once_logged_and_counted(
     n = Notifier(NotifyConfig(webhook=receiver.url, timeout=5))
     t0 = time.monotonic()
     n.send("failed", PAYLOAD)
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 0.5  # the post and its retry happen on the notifier's thread
     wait_for(lambda: n.failures == 1, 10, what="the webhook failure")
     n.close()
     assert n.delivered == 0 and len(receiver.requests) == 2  # one retry

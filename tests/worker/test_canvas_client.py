@@ -102,7 +102,7 @@ def test_client_slows_down_when_the_quota_runs_low(sim: FakeCanvas) -> None:
         assert c.remaining is not None and c.remaining > 100  # what Canvas said: plenty left
         t0 = time.monotonic()
         c.whoami()
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 0.7  # the slowed call below takes 0.8 s
         c.remaining, c._remaining_at = 92.0, time.monotonic()  # as if Canvas had just said 92
         t0 = time.monotonic()
         c.whoami()
